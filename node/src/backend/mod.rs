@@ -1,0 +1,62 @@
+//! The operations a Llama span needs, over activations that live wherever the backend keeps
+//! them. `llama.rs` writes the forward pass once against this trait; each backend implements it.
+//!
+//! Activations are `[tokens, width]` row-major f32.
+
+pub mod cpu;
+
+
+use crate::error::RunError;
+use crate::model::TensorRef;
+
+pub trait Backend: Send + Sync {
+    /// Activations `[tokens, width]`.
+    type Act: Send;
+    /// A linear layer's weight in its stored format, resident where the backend computes.
+    type Weight: Send + Sync;
+    /// A small f32 vector (a norm's weight).
+    type Vector: Send + Sync;
+    /// One layer's KV cache for one session.
+    type Kv: Send;
+
+    fn describe(&self) -> String;
+    fn weight(&self, t: &TensorRef) -> Result<Self::Weight, RunError>;
+    fn vector(&self, v: &[f32]) -> Result<Self::Vector, RunError>;
+    fn kv_cache(&self, width: usize, capacity: usize) -> Result<Self::Kv, RunError>;
+
+    fn upload(&self, x: &[f32], width: usize) -> Result<Self::Act, RunError>;
+    fn download(&self, x: &Self::Act) -> Result<Vec<f32>, RunError>;
+    fn tokens(&self, x: &Self::Act) -> usize;
+
+    /// Rows of `table` for `ids`, dequantized.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Act, RunError>;
+    fn rmsnorm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act, RunError>;
+    /// `x · wᵀ` for each weight: products of one input are issued together.
+    fn linear(&self, ws: &[&Self::Weight], x: &Self::Act) -> Result<Vec<Self::Act>, RunError>;
+    /// RoPE in place at positions `pos0..`.
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        pos0: usize,
+        head_dim: usize,
+        theta: f32,
+        interleaved: bool,
+    ) -> Result<(), RunError>;
+    /// Appends `k`, `v` to the cache at `pos0` and attends causally over it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        kv: &mut Self::Kv,
+        pos0: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Act, RunError>;
+    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<(), RunError>;
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), RunError>;
+    /// The last `rows` rows.
+    fn tail(&self, x: &Self::Act, rows: usize) -> Result<Self::Act, RunError>;
+}

@@ -1,0 +1,68 @@
+//! The subcommands of `baton-node` and what they share.
+
+pub mod bench;
+pub mod eval;
+pub mod info;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use baton_node::{BackendChoice, Engine, ModelFile};
+use baton_protocol::Span;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How to load a model: shared by every command that runs one.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Where to compute: `auto` picks a real GPU when there is one, the CPU otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// CPU threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn open(&self) -> anyhow::Result<ModelFile> {
+        set_threads(self.threads)?;
+        Ok(ModelFile::open(&self.model)?)
+    }
+
+    pub fn load(&self, model: &ModelFile) -> anyhow::Result<Engine> {
+        load_span(model, Span::full(model.config.layers as u32), self.backend, &self.model)
+    }
+}
+
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot size the thread pool")?;
+    }
+    Ok(())
+}
+
+pub fn load_span(
+    model: &ModelFile,
+    span: Span,
+    backend: BackendChoice,
+    path: &Path,
+) -> anyhow::Result<Engine> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("loading {}", path.display()));
+    let engine = Engine::load(model, span, backend, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    Ok(engine?)
+}

@@ -1,0 +1,306 @@
+//! A model on disk: a GGUF file or a Hugging Face folder, memory-mapped, with its config and a
+//! directory of tensors under GGUF's names. Nothing is read until a span asks for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baton_shaders::{DType, QTensor};
+use memmap2::Mmap;
+
+use crate::config::LlamaConfig;
+use crate::error::LoadError;
+use crate::gguf::GgufFile;
+use crate::tokenizer::Tokenizer;
+
+/// A tensor inside a memory-mapped file, in its stored format.
+#[derive(Clone)]
+pub struct TensorRef {
+    pub name: String,
+    pub dtype: DType,
+    /// Fastest-varying first, as GGUF writes them: a matrix is `[cols, rows]`.
+    pub dims: Vec<usize>,
+    map: Arc<Mmap>,
+    offset: usize,
+    len: usize,
+}
+
+impl TensorRef {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.len]
+    }
+
+    pub fn cols(&self) -> usize {
+        self.dims[0]
+    }
+
+    pub fn rows(&self) -> usize {
+        self.dims[1..].iter().product()
+    }
+
+    pub fn matrix(&self) -> QTensor<'_> {
+        QTensor {
+            dtype: self.dtype,
+            rows: self.rows(),
+            cols: self.cols(),
+            data: self.bytes(),
+        }
+    }
+
+    /// Values of a small f32/f16/bf16 tensor (a norm's weight) as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * self.cols()];
+        for (r, dst) in out.chunks_exact_mut(self.cols()).enumerate() {
+            baton_shaders::cpu::dequantize_row(self.dtype, self.matrix().row(r), dst);
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    HuggingFace,
+}
+
+pub struct ModelFile {
+    pub path: PathBuf,
+    pub format: Format,
+    pub config: LlamaConfig,
+    tensors: HashMap<String, TensorRef>,
+    gguf: Option<GgufFile>,
+}
+
+impl ModelFile {
+    /// Opens a `.gguf` file or a Hugging Face folder.
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        if path.is_dir() {
+            Self::open_hf(path)
+        } else {
+            Self::open_gguf(path)
+        }
+    }
+
+    fn open_gguf(path: &Path) -> Result<Self, LoadError> {
+        let g = GgufFile::open(path)?;
+        let config = LlamaConfig::from_gguf(&g)?;
+        let tensors = g
+            .tensors
+            .values()
+            .map(|t| {
+                let r = TensorRef {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    dims: t.dims.clone(),
+                    map: g.map.clone(),
+                    offset: t.offset,
+                    len: t.len,
+                };
+                (t.name.clone(), r)
+            })
+            .collect();
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            format: Format::Gguf,
+            config,
+            tensors,
+            gguf: Some(g),
+        })
+    }
+
+    fn open_hf(dir: &Path) -> Result<Self, LoadError> {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|source| LoadError::Io { path: p, source })
+        };
+        let config_path = dir.join("config.json");
+        let config = LlamaConfig::from_hf_json(&config_path, &read(config_path.clone())?)?;
+        let shards = hf_shards(dir)?;
+        let mut tensors = HashMap::new();
+        for shard in shards {
+            for t in read_safetensors(&shard)? {
+                if let Some(name) = gguf_name(&t.name) {
+                    tensors.insert(name.clone(), TensorRef { name, ..t });
+                }
+            }
+        }
+        Ok(ModelFile {
+            path: dir.to_path_buf(),
+            format: Format::HuggingFace,
+            config,
+            tensors,
+            gguf: None,
+        })
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// A tensor by its GGUF name, checked against the shape the config implies
+    /// (`[cols, rows]`, fastest first).
+    pub fn tensor(&self, name: &str, want: &[usize]) -> Result<&TensorRef, LoadError> {
+        let t = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let mut got = t.dims.clone();
+        while got.len() > want.len() && got.last() == Some(&1) {
+            got.pop();
+        }
+        if got != want {
+            return Err(LoadError::Shape {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                got: t.dims.clone(),
+                want: want.to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer, LoadError> {
+        match &self.gguf {
+            Some(g) => Tokenizer::from_gguf(g),
+            None => Tokenizer::from_hf_folder(&self.path),
+        }
+    }
+
+    /// Bytes of every weight, the quantity one decode step reads.
+    pub fn weight_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.len).sum()
+    }
+
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref()
+    }
+}
+
+fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|source| LoadError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+            path: index.clone(),
+            what: format!("invalid index: {e}"),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| LoadError::Config {
+                path: index.clone(),
+                what: "no `weight_map`".into(),
+            })?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if f.contains('/') || f.contains("..") {
+                return Err(LoadError::Config {
+                    path: index.clone(),
+                    what: format!("shard name `{f}` leaves the folder"),
+                });
+            }
+        }
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| LoadError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError::Config {
+            path: dir.to_path_buf(),
+            what: "no *.safetensors files in the folder".into(),
+        });
+    }
+    Ok(files)
+}
+
+fn read_safetensors(path: &Path) -> Result<Vec<TensorRef>, LoadError> {
+    use safetensors::{Dtype, SafeTensors};
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: read-only map, as in `GgufFile::open`.
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io)?);
+    let (header, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| LoadError::Corrupt {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
+    let base = 8 + header;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::Bf16,
+            other => {
+                return Err(LoadError::QuantType {
+                    path: path.to_path_buf(),
+                    tensor: name,
+                    kind: format!("{other:?}"),
+                })
+            }
+        };
+        let (a, b) = info.data_offsets;
+        if base + b > map.len() {
+            return Err(LoadError::OutOfBounds {
+                path: path.to_path_buf(),
+                tensor: name,
+            });
+        }
+        // safetensors lists the slowest dimension first; keep GGUF's fastest-first order.
+        let mut dims: Vec<usize> = info.shape.iter().rev().copied().collect();
+        if dims.is_empty() {
+            dims.push(1);
+        }
+        out.push(TensorRef {
+            name,
+            dtype,
+            dims,
+            map: map.clone(),
+            offset: base + a,
+            len: b - a,
+        });
+    }
+    Ok(out)
+}
+
+/// Hugging Face's Llama tensor names in GGUF's vocabulary.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, part) = rest.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let part = match part {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{part}.weight"))
+}

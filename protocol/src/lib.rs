@@ -1,0 +1,13 @@
+//! Baton's wire vocabulary: the words every node and client share.
+//!
+//! This crate does no I/O and knows nothing of GPUs. Everything that decodes bytes from a peer
+//! returns a typed error instead of panicking, and bounds every length before allocating.
+
+mod span;
+mod tensor;
+
+pub use span::{Span, SpanError, Stage};
+pub use tensor::{HiddenStates, TensorError, WireDtype};
+
+/// The protocol version a node and a client exchange before anything else.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,135 @@
+//! `y = x · Wᵀ` for stored weights: the matrix products of every linear layer.
+//!
+//! Few tokens (decode): one dot product per (row, token), rows split across threads.
+//! Many tokens (prefill): each thread expands a tile of rows to f32 in a buffer that stays in
+//! cache and hands it to a float GEMM, so dequantizing costs once per tile and not per token.
+
+use rayon::prelude::*;
+
+use super::dot::{block_sums, Dot};
+use crate::quant::{dequantize_row, QTensor};
+
+/// From this many tokens on, dequantize a tile and use GEMM.
+const GEMM_MIN_TOKENS: usize = 4;
+/// Rows per unit of work.
+const DOT_ROWS: usize = 64;
+const GEMM_ROWS: usize = 64;
+
+/// A raw pointer that threads may share because each writes a disjoint part of the buffer.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every unit of work writes only the columns of its own rows; see `run_units`.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `y[t, rows] = x[t, cols] · wᵀ`.
+pub fn matmul(w: &QTensor, x: &[f32], tokens: usize, y: &mut [f32]) {
+    matmul_many(&[*w], x, tokens, &mut [y]);
+}
+
+/// Several products of the same input (Q, K and V; gate and up) in one parallel pass.
+pub fn matmul_many(ws: &[QTensor], x: &[f32], tokens: usize, ys: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), ys.len());
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert_eq!(x.len(), tokens * w.cols, "input is not [tokens, cols]");
+        assert_eq!(y.len(), tokens * w.rows, "output is not [tokens, rows]");
+    }
+    let gemm = tokens >= GEMM_MIN_TOKENS;
+    let step = if gemm { GEMM_ROWS } else { DOT_ROWS };
+    let units: Vec<(usize, usize)> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| (0..w.rows).step_by(step).map(move |r| (i, r)))
+        .collect();
+    let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
+    let sums: Vec<Vec<f32>> = if gemm {
+        Vec::new()
+    } else {
+        x.chunks(ws[0].cols).map(block_sums).collect()
+    };
+    units.par_iter().for_each_init(Vec::new, |buf, &(i, r0)| {
+        let w = &ws[i];
+        let r1 = (r0 + step).min(w.rows);
+        let out = outs[i];
+        if gemm {
+            gemm_tile(w, r0, r1, x, tokens, out, buf);
+        } else {
+            let dot = Dot::new(w.dtype);
+            for (t, xs) in sums.iter().enumerate() {
+                let xt = &x[t * w.cols..(t + 1) * w.cols];
+                for r in r0..r1 {
+                    let v = dot.dot(w.row(r), xt, xs);
+                    // SAFETY: (t, r) lies inside y, and rows r0..r1 belong to this unit alone.
+                    unsafe { *out.0.add(t * w.rows + r) = v };
+                }
+            }
+        }
+    });
+}
+
+fn gemm_tile(
+    w: &QTensor,
+    r0: usize,
+    r1: usize,
+    x: &[f32],
+    tokens: usize,
+    out: SharedOut,
+    buf: &mut Vec<f32>,
+) {
+    let (k, n) = (w.cols, r1 - r0);
+    buf.resize(n * k, 0.0);
+    for (r, dst) in (r0..r1).zip(buf.chunks_exact_mut(k)) {
+        dequantize_row(w.dtype, w.row(r), dst);
+    }
+    // SAFETY: C is the [tokens, r0..r1] block of y (row stride w.rows); no other unit writes
+    // these columns. A and B are read-only slices of the stated sizes.
+    unsafe {
+        matrixmultiply::sgemm(
+            tokens,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            buf.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            out.0.add(r0),
+            w.rows as isize,
+            1,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize_row, DType};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn both_paths_match_the_dequantized_product() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Q8_0, DType::Q4_1] {
+            for (rows, cols, tokens) in [(1, 32, 1), (67, 64, 3), (130, 96, 5), (64, 576, 17)] {
+                let wf: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let bytes: Vec<u8> = wf.chunks(cols).flat_map(|r| quantize_row(dtype, r)).collect();
+                let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
+                let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let mut y = vec![0f32; tokens * rows];
+                matmul(&w, &x, tokens, &mut y);
+                let mut deq = vec![0f32; cols];
+                for r in 0..rows {
+                    dequantize_row(dtype, w.row(r), &mut deq);
+                    for t in 0..tokens {
+                        let want: f32 = deq.iter().zip(&x[t * cols..]).map(|(a, b)| a * b).sum();
+                        let got = y[t * rows + r];
+                        assert!((got - want).abs() < 1e-3, "{dtype:?} {rows}x{cols} t={t}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}

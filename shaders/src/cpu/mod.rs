@@ -1,0 +1,12 @@
+//! The CPU kernels: the CPU backend, and the reference for every GPU kernel.
+//!
+//! Threads come from rayon's global pool; `baton-node --threads N` sizes it.
+
+mod dot;
+mod matmul;
+mod ops;
+
+pub use crate::quant::{dequantize_row, quantize_row};
+pub use dot::{block_sums, Dot};
+pub use matmul::{matmul, matmul_many};
+pub use ops::{add, attention, rmsnorm, rope, silu_mul};

@@ -1,0 +1,138 @@
+//! The element-wise and attention kernels of a Llama block, on f32 activations `[tokens, width]`.
+
+use rayon::prelude::*;
+
+/// `out[t] = x[t] / rms(x[t]) · w`.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xt, ot) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = xt.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in ot.iter_mut().zip(xt).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// Rotary position embedding, in place, on `[tokens, heads · head_dim]` at positions
+/// `pos0, pos0 + 1, …`. `interleaved` rotates pairs `(2i, 2i+1)` (GGUF's row order); otherwise
+/// pairs `(i, i + head_dim/2)` (Hugging Face's).
+pub fn rope(
+    x: &mut [f32],
+    pos0: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+    interleaved: bool,
+) {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32))
+        .collect();
+    for (t, tok) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        let p = (pos0 + t) as f32;
+        let (sin, cos): (Vec<f32>, Vec<f32>) = inv.iter().map(|f| (p * f).sin_cos()).unzip();
+        for head in tok.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of `tokens` new queries at positions `pos0..` over a cache
+/// that already holds their keys and values: `k`, `v` are `[pos0 + tokens, kv_heads · head_dim]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    let group = heads / kv_heads;
+    let kv_width = kv_heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    out.par_chunks_mut(head_dim)
+        .enumerate()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+            let (t, h) = (i / heads, i % heads);
+            let kvh = h / group;
+            let qh = &q[i * head_dim..(i + 1) * head_dim];
+            let len = pos0 + t + 1;
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..len {
+                let kp = &k[p * kv_width + kvh * head_dim..][..head_dim];
+                let s = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut total = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            o.fill(0.0);
+            for (p, s) in scores.iter().enumerate() {
+                let vp = &v[p * kv_width + kvh * head_dim..][..head_dim];
+                let wgt = s / total;
+                for (a, b) in o.iter_mut().zip(vp) {
+                    *a += wgt * b;
+                }
+            }
+        });
+}
+
+/// `gate = silu(gate) · up`, in place.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_forms_agree_after_permuting_pairs() {
+        let hd = 8;
+        let x: Vec<f32> = (0..2 * hd).map(|i| i as f32 * 0.1 - 0.5).collect();
+        // Interleaved order of a head: (x0, x4, x1, x5, ...) for the half-split order (x0..x7).
+        let perm = |h: &[f32]| -> Vec<f32> { (0..hd / 2).flat_map(|i| [h[i], h[i + hd / 2]]).collect() };
+        let mut a = x.clone();
+        rope(&mut a, 5, 2, hd, 10000.0, false);
+        let mut b: Vec<f32> = x.chunks(hd).flat_map(perm).collect();
+        rope(&mut b, 5, 2, hd, 10000.0, true);
+        let a_perm: Vec<f32> = a.chunks(hd).flat_map(perm).collect();
+        for (u, v) in a_perm.iter().zip(&b) {
+            assert!((u - v).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn attention_of_one_position_returns_its_value() {
+        let (heads, kv, hd) = (4, 2, 4);
+        let q = vec![0.3f32; heads * hd];
+        let k = vec![0.7f32; kv * hd];
+        let v: Vec<f32> = (0..kv * hd).map(|i| i as f32).collect();
+        let mut out = vec![0f32; heads * hd];
+        attention(&q, &k, &v, 0, heads, kv, hd, &mut out);
+        assert_eq!(&out[..hd], &v[..hd]);
+        assert_eq!(&out[3 * hd..], &v[hd..]);
+    }
+}

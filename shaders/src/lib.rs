@@ -1,0 +1,15 @@
+//! Baton's compute kernels.
+//!
+//! - [`cpu`]: plain, multithreaded kernels. They are the CPU backend and the reference that every
+//!   GPU kernel is tested against.
+//! - [`gpu`]: the wgpu runtime over the WGSL sources in `shaders/wgsl/`: device, pipeline cache and
+//!   one dispatch function per kernel.
+//!
+//! Weights stay in the format they were stored in ([`DType`]) and are dequantized inside the
+//! kernels. Activations are f32; accumulation is f32.
+
+pub mod cpu;
+pub mod gpu;
+mod quant;
+
+pub use quant::{DType, QTensor, QuantError};
