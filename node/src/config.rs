@@ -45,7 +45,10 @@ impl LlamaConfig {
             )));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 512 {
-            return Err(bad(format!("head dimension {} is not supported", self.head_dim)));
+            return Err(bad(format!(
+                "head dimension {} is not supported",
+                self.head_dim
+            )));
         }
         if self.layers == 0 || self.hidden == 0 || self.intermediate == 0 || self.vocab == 0 {
             return Err(bad("a dimension of the model is zero".into()));
@@ -140,22 +143,31 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             what,
         };
-        let hf: Hf = serde_json::from_str(text).map_err(|e| bad(format!("invalid config.json: {e}")))?;
+        let hf: Hf =
+            serde_json::from_str(text).map_err(|e| bad(format!("invalid config.json: {e}")))?;
         let arch = hf
             .model_type
             .clone()
             .or_else(|| hf.architectures.as_ref().and_then(|a| a.first().cloned()))
             .unwrap_or_default();
-        if !matches!(arch.as_str(), "llama" | "mistral" | "LlamaForCausalLM" | "MistralForCausalLM") {
+        if !matches!(
+            arch.as_str(),
+            "llama" | "mistral" | "LlamaForCausalLM" | "MistralForCausalLM"
+        ) {
             return Err(LoadError::Architecture {
                 path: path.to_path_buf(),
                 arch,
             });
         }
         if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(bad(format!("activation `{act}` is not supported (expected silu)")));
+            return Err(bad(format!(
+                "activation `{act}` is not supported (expected silu)"
+            )));
         }
-        let rope_type = hf.rope_parameters.as_ref().and_then(|r| r.rope_type.clone());
+        let rope_type = hf
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone());
         if rope_type.as_deref().is_some_and(|t| t != "default")
             || hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null())
         {

@@ -135,7 +135,12 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|e| *e <= self.buf.len())
-            .ok_or_else(|| self.corrupt(format!("{what} runs past the end of the file at byte {}", self.pos)))?;
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "{what} runs past the end of the file at byte {}",
+                    self.pos
+                ))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -416,7 +421,9 @@ pub mod write {
         for t in tensors {
             put_str(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            t.dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+            t.dims
+                .iter()
+                .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
             out.extend_from_slice(&t.kind.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
             offset += (t.data.len() as u64).div_ceil(32) * 32;

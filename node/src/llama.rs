@@ -64,7 +64,8 @@ impl<B: Backend> LlamaSpan<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, Error> {
         let c = model.config.clone();
-        span.check(c.layers as u32).map_err(crate::error::LoadError::from)?;
+        span.check(c.layers as u32)
+            .map_err(crate::error::LoadError::from)?;
         let (h, q, k, f) = (c.hidden, c.q_width(), c.kv_width(), c.intermediate);
         let total = span.len() as usize * 9 + 3;
         let mut done = 0;
@@ -135,7 +136,10 @@ impl<B: Backend> LlamaSpan<B> {
         let layers = self
             .blocks
             .iter()
-            .map(|_| self.backend.kv_cache(self.config.kv_width(), self.config.context))
+            .map(|_| {
+                self.backend
+                    .kv_cache(self.config.kv_width(), self.config.context)
+            })
             .collect::<Result<_, _>>()?;
         Ok(SpanCache { layers, pos: 0 })
     }

@@ -139,10 +139,13 @@ impl ModelFile {
     /// A tensor by its GGUF name, checked against the shape the config implies
     /// (`[cols, rows]`, fastest first).
     pub fn tensor(&self, name: &str, want: &[usize]) -> Result<&TensorRef, LoadError> {
-        let t = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
         let mut got = t.dims.clone();
         while got.len() > want.len() && got.last() == Some(&1) {
             got.pop();
@@ -193,7 +196,10 @@ fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
                 path: index.clone(),
                 what: "no `weight_map`".into(),
             })?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         for f in &files {

@@ -35,10 +35,7 @@ impl Engine {
     ) -> Result<Self, Error> {
         match choice {
             BackendChoice::Auto | BackendChoice::Cpu => Ok(Engine::Cpu(LlamaSpan::load(
-                model,
-                span,
-                CpuBackend,
-                progress,
+                model, span, CpuBackend, progress,
             )?)),
             BackendChoice::Wgpu => Err(RunError::Backend("wgpu is not available".into()).into()),
         }
@@ -62,7 +59,12 @@ impl Engine {
         }
     }
 
-    pub fn forward(&self, cache: &mut Cache, input: SpanInput, logits: Logits) -> Result<Vec<f32>, RunError> {
+    pub fn forward(
+        &self,
+        cache: &mut Cache,
+        input: SpanInput,
+        logits: Logits,
+    ) -> Result<Vec<f32>, RunError> {
         match (self, cache) {
             (Engine::Cpu(s), Cache::Cpu(c)) => s.forward(c, input, logits),
         }

@@ -29,12 +29,8 @@ pub struct Tokenizer {
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn pre_tokenizer(pre: &str) -> Option<Json> {
-    let byte_level = |regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex})
-    };
-    let split = |re: &str| {
-        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     Some(match pre {
         "default" | "gpt2" | "gpt-2" => byte_level(true),
         "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
@@ -59,13 +55,17 @@ impl Tokenizer {
             )));
         }
         let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let pre_tok = pre_tokenizer(pre).ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
+        let pre_tok = pre_tokenizer(pre)
+            .ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
         let tokens: Vec<&str> = g
             .require("tokenizer.ggml.tokens")?
             .as_array()
             .ok_or_else(|| bad("tokens are not a list".into()))?
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| bad("a token is not a string".into())))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| bad("a token is not a string".into()))
+            })
             .collect::<Result<_, _>>()?;
         let merges: Vec<&str> = g
             .get("tokenizer.ggml.merges")
@@ -168,7 +168,13 @@ impl Tokenizer {
     }
 
     fn add_turn_markers(&mut self) {
-        for marker in ["<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>"] {
+        for marker in [
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "</s>",
+            "<|endoftext|>",
+        ] {
             if let Some(id) = self.inner.token_to_id(marker) {
                 if !self.stop_ids.contains(&id) {
                     self.stop_ids.push(id);
@@ -214,9 +220,15 @@ impl Tokenizer {
             .ok_or("the model has no chat template")?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
         env.add_template("chat", template)
             .map_err(|e| format!("the chat template does not parse: {e}"))?;

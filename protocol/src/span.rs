@@ -143,7 +143,10 @@ mod tests {
         let s: Span = "0..10".parse().unwrap();
         assert_eq!(s, Span { start: 0, end: 10 });
         assert_eq!(s.to_string(), "0..10");
-        assert!(matches!("3..3".parse::<Span>(), Err(SpanError::Empty { .. })));
+        assert!(matches!(
+            "3..3".parse::<Span>(),
+            Err(SpanError::Empty { .. })
+        ));
         assert!(matches!("3-4".parse::<Span>(), Err(SpanError::Syntax(_))));
         assert!(matches!("a..4".parse::<Span>(), Err(SpanError::Syntax(_))));
     }

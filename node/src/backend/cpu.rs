@@ -113,7 +113,14 @@ impl Backend for CpuBackend {
         theta: f32,
         interleaved: bool,
     ) -> Result<(), RunError> {
-        cpu::rope(&mut x.data, pos0, x.width / head_dim, head_dim, theta, interleaved);
+        cpu::rope(
+            &mut x.data,
+            pos0,
+            x.width / head_dim,
+            head_dim,
+            theta,
+            interleaved,
+        );
         Ok(())
     }
 
@@ -132,7 +139,9 @@ impl Backend for CpuBackend {
         kv.k.extend_from_slice(&k.data);
         kv.v.extend_from_slice(&v.data);
         let mut out = vec![0f32; q.data.len()];
-        cpu::attention(&q.data, &kv.k, &kv.v, pos0, heads, kv_heads, head_dim, &mut out);
+        cpu::attention(
+            &q.data, &kv.k, &kv.v, pos0, heads, kv_heads, head_dim, &mut out,
+        );
         Ok(CpuAct {
             data: out,
             width: q.width,

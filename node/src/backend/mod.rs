@@ -5,7 +5,6 @@
 
 pub mod cpu;
 
-
 use crate::error::RunError;
 use crate::model::TensorRef;
 

@@ -45,7 +45,12 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// One prefill of `prompt` then `gen` greedy decode steps; returns (prefill s, decode s).
-fn one_run(engine: &Engine, prompt: &[u32], gen: usize, vocab: usize) -> anyhow::Result<(f64, f64)> {
+fn one_run(
+    engine: &Engine,
+    prompt: &[u32],
+    gen: usize,
+    vocab: usize,
+) -> anyhow::Result<(f64, f64)> {
     let mut cache = engine.new_cache()?;
     let t0 = Instant::now();
     let mut last = Vec::new();
@@ -61,7 +66,10 @@ fn one_run(engine: &Engine, prompt: &[u32], gen: usize, vocab: usize) -> anyhow:
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.prompt_tokens > 0 && a.gen_tokens > 0 && a.runs > 0, "counts must be positive");
+    anyhow::ensure!(
+        a.prompt_tokens > 0 && a.gen_tokens > 0 && a.runs > 0,
+        "counts must be positive"
+    );
     let model = a.model.open()?;
     let cfg = model.config.clone();
     anyhow::ensure!(
@@ -85,7 +93,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let (pp, tg) = (median(pp), median(tg));
     // A decode step reads every weight once; the embedding table only for its one row, unless
     // it is also the tied head.
-    let bytes = model.weight_bytes() - if cfg.tied_embeddings { 0 } else { embed_only(&model) };
+    let bytes = model.weight_bytes()
+        - if cfg.tied_embeddings {
+            0
+        } else {
+            embed_only(&model)
+        };
     let bandwidth = bytes as f64 * tg;
     let peak = peak_rss_bytes().unwrap_or(0);
     if a.json {
@@ -103,9 +116,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     println!("model     {}", model.path.display());
     println!("backend   {}", engine.describe());
-    println!("prefill   {pp:>9.1} tokens/s  ({} tokens, median of {})", a.prompt_tokens, a.runs);
-    println!("decode    {tg:>9.1} tokens/s  ({} tokens, median of {})", a.gen_tokens, a.runs);
-    println!("weights   {:>9.1} MiB read per token", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "prefill   {pp:>9.1} tokens/s  ({} tokens, median of {})",
+        a.prompt_tokens, a.runs
+    );
+    println!(
+        "decode    {tg:>9.1} tokens/s  ({} tokens, median of {})",
+        a.gen_tokens, a.runs
+    );
+    println!(
+        "weights   {:>9.1} MiB read per token",
+        bytes as f64 / (1 << 20) as f64
+    );
     println!("bandwidth {:>9.2} GB/s implied by decode", bandwidth / 1e9);
     println!("peak RSS  {:>9.1} MiB", peak as f64 / (1 << 20) as f64);
     Ok(())
@@ -114,7 +136,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 /// Bytes of the input embedding table when a separate head exists: decode reads one row of it.
 fn embed_only(model: &baton_node::ModelFile) -> usize {
     model
-        .tensor("token_embd.weight", &[model.config.hidden, model.config.vocab])
+        .tensor(
+            "token_embd.weight",
+            &[model.config.hidden, model.config.vocab],
+        )
         .map(|t| t.bytes().len())
         .unwrap_or(0)
 }

@@ -43,12 +43,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         (Some(ids), _, _) => (ids.clone(), None),
         (None, Some(text), _) => {
             let tok = model.tokenizer()?;
-            (tok.encode(text).map_err(anyhow::Error::msg)?, Some(text.clone()))
+            (
+                tok.encode(text).map_err(anyhow::Error::msg)?,
+                Some(text.clone()),
+            )
         }
         (None, None, Some(file)) => {
-            let raw = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let messages: Vec<Message> = serde_json::from_str(&raw)
-                .with_context(|| format!("{}: expected a JSON list of {{\"role\", \"content\"}}", file.display()))?;
+            let raw = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let messages: Vec<Message> = serde_json::from_str(&raw).with_context(|| {
+                format!(
+                    "{}: expected a JSON list of {{\"role\", \"content\"}}",
+                    file.display()
+                )
+            })?;
             let tok = model.tokenizer()?;
             let text = tok
                 .apply_chat_template(&messages, true)
@@ -96,13 +104,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{} tokens, backend {}", ids.len(), engine.describe());
-    println!("{:>5}  {:>6}  {:<16}  top-{} next (id:logit)", "pos", "id", "token", a.top_k);
+    println!(
+        "{:>5}  {:>6}  {:<16}  top-{} next (id:logit)",
+        "pos", "id", "token", a.top_k
+    );
     for (p, top) in positions.iter().enumerate() {
         let tops: Vec<String> = top
             .iter()
             .map(|(id, l)| format!("{id}:{l:.3} {:?}", show(*id)))
             .collect();
-        println!("{p:>5}  {:>6}  {:<16}  {}", ids[p], format!("{:?}", show(ids[p])), tops.join("  "));
+        println!(
+            "{p:>5}  {:>6}  {:<16}  {}",
+            ids[p],
+            format!("{:?}", show(ids[p])),
+            tops.join("  ")
+        );
     }
     if a.perplexity {
         match ppl {

@@ -34,7 +34,9 @@ fn mem_total_bytes() -> Option<u64> {
 }
 
 pub fn run(a: InfoArgs) -> anyhow::Result<()> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem = mem_total_bytes().unwrap_or(0);
     let adapters = baton_shaders::gpu::list_adapters();
     if a.json {
@@ -63,7 +65,11 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
             d.name,
             d.kind,
             d.api,
-            if d.software { " (software; used only with --backend wgpu)" } else { "" },
+            if d.software {
+                " (software; used only with --backend wgpu)"
+            } else {
+                ""
+            },
             d.max_buffer_bytes as f64 / (1u64 << 30) as f64,
             if d.shader_f16 { "yes" } else { "no" },
         );

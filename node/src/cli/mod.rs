@@ -33,7 +33,12 @@ impl ModelArgs {
     }
 
     pub fn load(&self, model: &ModelFile) -> anyhow::Result<Engine> {
-        load_span(model, Span::full(model.config.layers as u32), self.backend, &self.model)
+        load_span(
+            model,
+            Span::full(model.config.layers as u32),
+            self.backend,
+            &self.model,
+        )
     }
 }
 

@@ -120,7 +120,11 @@ mod x86 {
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i + 8 <= n {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(w.add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                acc,
+            );
             i += 8;
         }
         let mut s = hsum(acc);
@@ -239,20 +243,36 @@ mod tests {
     #[test]
     fn simd_matches_portable_and_dequantized() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Q8_0, DType::Q4_1] {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::Bf16,
+            DType::Q8_0,
+            DType::Q4_1,
+        ] {
             for cols in [32usize, 64, 96, 576, 1536] {
                 let w: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let row = quantize_row(dtype, &w);
                 let mut deq = vec![0f32; cols];
                 dequantize_row(dtype, &row, &mut deq);
-                let want: f64 = deq.iter().zip(&x).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                let want: f64 = deq
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
                 let xs = block_sums(&x);
                 let p = Dot::portable(dtype).dot(&row, &x, &xs);
                 let s = Dot::new(dtype).dot(&row, &x, &xs);
                 let tol = 1e-4 * (cols as f64).sqrt() * 4.0;
-                assert!(((p as f64) - want).abs() < tol, "{dtype:?} {cols}: portable {p} vs {want}");
-                assert!(((s as f64) - want).abs() < tol, "{dtype:?} {cols}: simd {s} vs {want}");
+                assert!(
+                    ((p as f64) - want).abs() < tol,
+                    "{dtype:?} {cols}: portable {p} vs {want}"
+                );
+                assert!(
+                    ((s as f64) - want).abs() < tol,
+                    "{dtype:?} {cols}: simd {s} vs {want}"
+                );
             }
         }
     }

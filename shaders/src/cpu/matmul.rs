@@ -112,12 +112,25 @@ mod tests {
     #[test]
     fn both_paths_match_the_dequantized_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Q8_0, DType::Q4_1] {
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::Bf16,
+            DType::Q8_0,
+            DType::Q4_1,
+        ] {
             for (rows, cols, tokens) in [(1, 32, 1), (67, 64, 3), (130, 96, 5), (64, 576, 17)] {
-                let wf: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let bytes: Vec<u8> = wf.chunks(cols).flat_map(|r| quantize_row(dtype, r)).collect();
+                let wf: Vec<f32> = (0..rows * cols)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                let bytes: Vec<u8> = wf
+                    .chunks(cols)
+                    .flat_map(|r| quantize_row(dtype, r))
+                    .collect();
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
-                let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let x: Vec<f32> = (0..tokens * cols)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
                 let mut y = vec![0f32; tokens * rows];
                 matmul(&w, &x, tokens, &mut y);
                 let mut deq = vec![0f32; cols];
@@ -126,7 +139,10 @@ mod tests {
                     for t in 0..tokens {
                         let want: f32 = deq.iter().zip(&x[t * cols..]).map(|(a, b)| a * b).sum();
                         let got = y[t * rows + r];
-                        assert!((got - want).abs() < 1e-3, "{dtype:?} {rows}x{cols} t={t}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-3,
+                            "{dtype:?} {rows}x{cols} t={t}: {got} vs {want}"
+                        );
                     }
                 }
             }

@@ -34,7 +34,11 @@ pub fn rope(
         let (sin, cos): (Vec<f32>, Vec<f32>) = inv.iter().map(|f| (p * f).sin_cos()).unzip();
         for head in tok.chunks_exact_mut(head_dim) {
             for i in 0..half {
-                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (a, b) = if interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + half)
+                };
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * cos[i] - x1 * sin[i];
                 head[b] = x0 * sin[i] + x1 * cos[i];
@@ -59,9 +63,9 @@ pub fn attention(
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (i, o)| {
             let (t, h) = (i / heads, i % heads);
             let kvh = h / group;
             let qh = &q[i * head_dim..(i + 1) * head_dim];
@@ -87,7 +91,8 @@ pub fn attention(
                     *a += wgt * b;
                 }
             }
-        });
+        },
+    );
 }
 
 /// `gate = silu(gate) · up`, in place.
@@ -113,7 +118,8 @@ mod tests {
         let hd = 8;
         let x: Vec<f32> = (0..2 * hd).map(|i| i as f32 * 0.1 - 0.5).collect();
         // Interleaved order of a head: (x0, x4, x1, x5, ...) for the half-split order (x0..x7).
-        let perm = |h: &[f32]| -> Vec<f32> { (0..hd / 2).flat_map(|i| [h[i], h[i + hd / 2]]).collect() };
+        let perm =
+            |h: &[f32]| -> Vec<f32> { (0..hd / 2).flat_map(|i| [h[i], h[i + hd / 2]]).collect() };
         let mut a = x.clone();
         rope(&mut a, 5, 2, hd, 10000.0, false);
         let mut b: Vec<f32> = x.chunks(hd).flat_map(perm).collect();

@@ -1,0 +1,266 @@
+//! Small GGUF files made here: a good one loads and runs in every stored format, and each kind
+//! of broken file gets its own clear error naming the file, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use baton_node::gguf::write::{gguf_bytes, Tensor};
+use baton_node::gguf::Value;
+use baton_node::{BackendChoice, Engine, Error, LoadError, Logits, ModelFile, SpanInput};
+use baton_protocol::Span;
+use baton_shaders::cpu::quantize_row;
+use baton_shaders::DType;
+
+const H: usize = 64;
+const F: usize = 96;
+const V: usize = 64;
+const LAYERS: usize = 2;
+
+fn ggml_kind(d: DType) -> u32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Q4_1 => 3,
+        DType::Q8_0 => 8,
+        DType::Bf16 => 30,
+    }
+}
+
+/// Deterministic pseudo-random values in [-0.5, 0.5).
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 2654435761 + seed * 97) % 1000) as f32 / 1000.0) - 0.5)
+        .collect()
+}
+
+fn tensor(name: &str, cols: usize, rows: usize, dtype: DType) -> Tensor {
+    let v = values(cols * rows, name.len());
+    Tensor {
+        name: name.into(),
+        dims: if rows == 1 {
+            vec![cols as u64]
+        } else {
+            vec![cols as u64, rows as u64]
+        },
+        kind: ggml_kind(dtype),
+        data: quantize_row(dtype, &v),
+    }
+}
+
+fn tiny_tensors(dtype: DType) -> Vec<Tensor> {
+    let mut t = vec![tensor("token_embd.weight", H, V, DType::Q8_0)];
+    for i in 0..LAYERS {
+        let n = |p: &str| format!("blk.{i}.{p}.weight");
+        t.push(tensor(&n("attn_norm"), H, 1, DType::F32));
+        t.push(tensor(&n("attn_q"), H, H, dtype));
+        t.push(tensor(&n("attn_k"), H, H / 2, dtype));
+        t.push(tensor(&n("attn_v"), H, H / 2, dtype));
+        t.push(tensor(&n("attn_output"), H, H, dtype));
+        t.push(tensor(&n("ffn_norm"), H, 1, DType::F32));
+        t.push(tensor(&n("ffn_gate"), H, F, dtype));
+        t.push(tensor(&n("ffn_up"), H, F, dtype));
+        t.push(tensor(&n("ffn_down"), F, H, dtype));
+    }
+    t.push(tensor("output_norm.weight", H, 1, DType::F32));
+    t
+}
+
+fn tiny_meta(arch: &str) -> Vec<(&'static str, Value)> {
+    let s = |v: &str| Value::String(v.into());
+    let key = |k: &'static str| k;
+    vec![
+        (key("general.architecture"), s(arch)),
+        ("llama.embedding_length", Value::U32(H as u32)),
+        ("llama.feed_forward_length", Value::U32(F as u32)),
+        ("llama.block_count", Value::U32(LAYERS as u32)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.attention.head_count_kv", Value::U32(2)),
+        ("llama.context_length", Value::U32(64)),
+        ("llama.vocab_size", Value::U32(V as u32)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+    ]
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("baton-load-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn load(path: &Path) -> Result<Engine, Error> {
+    let model = ModelFile::open(path)?;
+    let span = Span::full(model.config.layers as u32);
+    Engine::load(&model, span, BackendChoice::Cpu, &mut |_, _| {})
+}
+
+#[test]
+fn a_good_file_loads_and_runs_in_every_format() {
+    let dir = tmpdir("good");
+    let mut reference: Option<Vec<f32>> = None;
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::Bf16,
+        DType::Q8_0,
+        DType::Q4_1,
+    ] {
+        let p = write(
+            &dir,
+            "m.gguf",
+            &gguf_bytes(&tiny_meta("llama"), &tiny_tensors(dtype)),
+        );
+        let engine = load(&p).unwrap();
+        let mut cache = engine.new_cache().unwrap();
+        let out = engine
+            .forward(&mut cache, SpanInput::Tokens(&[1, 5, 9]), Logits::All)
+            .unwrap();
+        assert_eq!(out.len(), 3 * V);
+        assert!(out.iter().all(|v| v.is_finite()));
+        // Every format stores the same values, to its precision: the logits agree loosely.
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => {
+                let d = r
+                    .iter()
+                    .zip(&out)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(d < 0.5, "{dtype:?} strays {d} from f32");
+            }
+        }
+    }
+    // Tokens outside the vocabulary and a context overflow are errors, not panics.
+    let engine = load(&dir.join("m.gguf")).unwrap();
+    let mut cache = engine.new_cache().unwrap();
+    assert!(engine
+        .forward(&mut cache, SpanInput::Tokens(&[V as u32]), Logits::Last)
+        .is_err());
+    let long = vec![1u32; 65];
+    assert!(engine
+        .forward(&mut cache, SpanInput::Tokens(&long), Logits::Last)
+        .is_err());
+}
+
+fn expect_load_error(path: &Path, check: impl Fn(&LoadError) -> bool) {
+    expect_error_naming(path, path, check)
+}
+
+/// Loading `path` fails with an error that `check` accepts and that names `culprit`.
+fn expect_error_naming(path: &Path, culprit: &Path, check: impl Fn(&LoadError) -> bool) {
+    match load(path) {
+        Err(Error::Load(e)) => {
+            assert!(check(&e), "unexpected error: {e}");
+            let msg = e.to_string();
+            let name = culprit.display().to_string();
+            assert!(msg.contains(&name), "`{msg}` does not name {name}");
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+        Ok(_) => panic!("{} loaded", path.display()),
+    }
+}
+
+#[test]
+fn broken_files_get_clear_errors() {
+    let dir = tmpdir("bad");
+    let good = gguf_bytes(&tiny_meta("llama"), &tiny_tensors(DType::Q4_1));
+
+    let p = write(&dir, "magic.gguf", b"NOPE not a model at all");
+    expect_load_error(&p, |e| matches!(e, LoadError::NotGguf { .. }));
+
+    for cut in [10, 100, good.len() / 2, good.len() - 10] {
+        let p = write(&dir, "truncated.gguf", &good[..cut]);
+        expect_load_error(&p, |e| {
+            matches!(e, LoadError::Corrupt { .. } | LoadError::OutOfBounds { .. })
+        });
+    }
+
+    let p = write(
+        &dir,
+        "arch.gguf",
+        &gguf_bytes(&tiny_meta("gpt2"), &tiny_tensors(DType::Q4_1)),
+    );
+    expect_load_error(&p, |e| matches!(e, LoadError::Architecture { .. }));
+
+    let mut t = tiny_tensors(DType::Q4_1);
+    t[2].kind = 12; // Q4_K
+    let p = write(&dir, "quant.gguf", &gguf_bytes(&tiny_meta("llama"), &t));
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::QuantType { kind, .. } if kind == "Q4_K"),
+    );
+
+    let mut t = tiny_tensors(DType::Q4_1);
+    t[2] = tensor("blk.0.attn_q.weight", H, H / 2, DType::Q4_1);
+    let p = write(&dir, "shape.gguf", &gguf_bytes(&tiny_meta("llama"), &t));
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::Shape { tensor, .. } if tensor == "blk.0.attn_q.weight"),
+    );
+
+    let mut t = tiny_tensors(DType::Q4_1);
+    t.retain(|t| t.name != "blk.1.ffn_down.weight");
+    let p = write(&dir, "missing.gguf", &gguf_bytes(&tiny_meta("llama"), &t));
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::MissingTensor { tensor, .. } if tensor == "blk.1.ffn_down.weight"),
+    );
+
+    let mut meta = tiny_meta("llama");
+    meta.retain(|(k, _)| *k != "llama.block_count");
+    let p = write(
+        &dir,
+        "key.gguf",
+        &gguf_bytes(&meta, &tiny_tensors(DType::Q4_1)),
+    );
+    expect_load_error(&p, |e| matches!(e, LoadError::MissingKey { .. }));
+
+    // A header that claims 2^60 metadata entries must not allocate for them.
+    let mut huge = good.clone();
+    huge[16..24].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let p = write(&dir, "huge.gguf", &huge);
+    expect_load_error(&p, |e| matches!(e, LoadError::Corrupt { .. }));
+
+    let p = dir.join("absent.gguf");
+    expect_load_error(&p, |e| matches!(e, LoadError::Io { .. }));
+}
+
+#[test]
+fn broken_hugging_face_folders_get_clear_errors() {
+    let src = baton_tests::fixtures_dir().join("hf-tiny/llama");
+    let dir = tmpdir("hf");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let p = dir.join("config.json");
+    std::fs::write(
+        &p,
+        config
+            .replace("\"llama\"", "\"gpt_neox\"")
+            .replace("LlamaForCausalLM", "GPTNeoX"),
+    )
+    .unwrap();
+    expect_error_naming(&dir, &p, |e| matches!(e, LoadError::Architecture { .. }));
+    std::fs::write(
+        &p,
+        config.replace("\"hidden_size\": 64", "\"hidden_size\": 32"),
+    )
+    .unwrap();
+    expect_error_naming(&dir, &dir, |e| matches!(e, LoadError::Shape { .. }));
+    std::fs::write(&p, "{ not json").unwrap();
+    expect_error_naming(&dir, &p, |e| matches!(e, LoadError::Config { .. }));
+    std::fs::write(&p, &config).unwrap();
+    let shard = dir.join("model-00002-of-00003.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    expect_error_naming(&dir, &shard, |e| {
+        matches!(e, LoadError::Corrupt { .. } | LoadError::OutOfBounds { .. })
+    });
+    std::fs::remove_file(&shard).unwrap();
+    expect_error_naming(&dir, &shard, |e| matches!(e, LoadError::Io { .. }));
+}
