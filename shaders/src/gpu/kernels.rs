@@ -1,0 +1,204 @@
+//! One dispatch function per WGSL kernel. Each records work; nothing runs until a download or
+//! [`Gpu::flush`].
+
+use super::{grid_1d, Gpu, GpuError, GpuMatrix, GpuTensor, MAX_GROUPS};
+use crate::quant::DType;
+
+pub(super) const COMMON: &str = include_str!("../../wgsl/common.wgsl");
+pub(super) const DEQUANT: &str = include_str!("../../wgsl/dequant.wgsl");
+
+/// The WGSL file and entry point of a kernel.
+pub(super) fn source(name: &str) -> (&'static str, &'static str) {
+    match name {
+        "matmul" => (include_str!("../../wgsl/matmul.wgsl"), "main"),
+        "embed" => (include_str!("../../wgsl/embed.wgsl"), "main"),
+        "rmsnorm" => (include_str!("../../wgsl/rmsnorm.wgsl"), "main"),
+        "rope" => (include_str!("../../wgsl/rope.wgsl"), "main"),
+        "attention" => (include_str!("../../wgsl/attention.wgsl"), "main"),
+        "silu_mul" => (include_str!("../../wgsl/elementwise.wgsl"), "silu_mul"),
+        "add" => (include_str!("../../wgsl/elementwise.wgsl"), "add"),
+        other => unreachable!("no kernel named {other}"),
+    }
+}
+
+pub(super) fn reads_weights(name: &str) -> bool {
+    matches!(name, "matmul" | "embed")
+}
+
+fn dtype_code(d: DType) -> u32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+        DType::Q8_0 => 3,
+        DType::Q4_1 => 4,
+    }
+}
+
+impl Gpu {
+    /// `y[tokens, rows] = x[tokens, cols] · wᵀ`.
+    pub fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, tokens: usize) -> GpuTensor {
+        debug_assert_eq!(x.len, tokens * w.cols);
+        let y = self.zeros(tokens * w.rows);
+        // Four tokens per workgroup row; the y dimension must stay within the grid limit.
+        let max_tokens = MAX_GROUPS as usize * 4;
+        for t0 in (0..tokens).step_by(max_tokens) {
+            let nt = (tokens - t0).min(max_tokens);
+            let (xs, ys) = if t0 == 0 && nt == tokens {
+                (None, None)
+            } else {
+                let xs = self.zeros(nt * w.cols);
+                self.copy(&x.buf, t0 * w.cols, &xs.buf, 0, nt * w.cols);
+                (Some(xs), Some(self.zeros(nt * w.rows)))
+            };
+            let xb = xs.as_ref().map_or(&x.buf, |t| &t.buf);
+            let yb = ys.as_ref().map_or(&y.buf, |t| &t.buf);
+            for (buf, r0, rows) in &w.parts {
+                let params = [
+                    *rows as u32,
+                    w.cols as u32,
+                    nt as u32,
+                    w.row_bytes as u32,
+                    *r0 as u32,
+                    w.rows as u32,
+                    0,
+                    0,
+                ];
+                let groups = (*rows as u32, nt.div_ceil(4) as u32);
+                self.dispatch(
+                    "matmul",
+                    dtype_code(w.dtype),
+                    params,
+                    &[buf, xb, yb],
+                    groups,
+                );
+            }
+            if let Some(ys) = ys {
+                self.copy(&ys.buf, 0, &y.buf, t0 * w.rows, nt * w.rows);
+            }
+        }
+        y
+    }
+
+    /// Rows of `table` for `ids`, as f32.
+    pub fn embed(&self, table: &GpuMatrix, ids: &[u32]) -> GpuTensor {
+        let out = self.zeros(ids.len() * table.cols);
+        let idb = self.upload_u32(ids);
+        for (buf, r0, rows) in &table.parts {
+            let params = [
+                table.cols as u32,
+                ids.len() as u32,
+                table.row_bytes as u32,
+                *r0 as u32,
+                *rows as u32,
+                0,
+                0,
+                0,
+            ];
+            let groups = (table.cols.div_ceil(64) as u32, ids.len() as u32);
+            self.dispatch(
+                "embed",
+                dtype_code(table.dtype),
+                params,
+                &[buf, &idb, &out.buf],
+                groups,
+            );
+        }
+        out
+    }
+
+    pub fn rmsnorm(&self, x: &GpuTensor, w: &GpuTensor, eps: f32) -> GpuTensor {
+        let out = self.zeros(x.len);
+        let tokens = x.len / w.len;
+        let params = [w.len as u32, eps.to_bits(), 0, 0, 0, 0, 0, 0];
+        self.dispatch(
+            "rmsnorm",
+            0,
+            params,
+            &[&x.buf, &w.buf, &out.buf],
+            (tokens as u32, 1),
+        );
+        out
+    }
+
+    /// RoPE in place on `[tokens, heads · head_dim]` at positions `pos0..`.
+    pub fn rope(
+        &self,
+        x: &GpuTensor,
+        heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        theta: f32,
+        interleaved: bool,
+    ) {
+        let pairs = x.len / 2;
+        let params = [
+            pairs as u32,
+            heads as u32,
+            head_dim as u32,
+            pos0 as u32,
+            theta.to_bits(),
+            interleaved as u32,
+            0,
+            0,
+        ];
+        self.dispatch("rope", 0, params, &[&x.buf], grid_1d(pairs));
+    }
+
+    /// Attention of `q [tokens, heads · head_dim]` at positions `pos0..` over caches that hold
+    /// positions `0..pos0 + tokens`, each row `kv_heads · head_dim` wide.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: &GpuTensor,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        pos0: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<GpuTensor, GpuError> {
+        if head_dim > 256 {
+            return Err(GpuError::HeadDim(head_dim));
+        }
+        let tokens = q.len / (heads * head_dim);
+        let out = self.zeros(q.len);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let params = [
+            heads as u32,
+            kv_heads as u32,
+            head_dim as u32,
+            pos0 as u32,
+            (kv_heads * head_dim) as u32,
+            scale.to_bits(),
+            0,
+            0,
+        ];
+        self.dispatch(
+            "attention",
+            0,
+            params,
+            &[&q.buf, k_cache, v_cache, &out.buf],
+            (heads as u32, tokens as u32),
+        );
+        Ok(out)
+    }
+
+    /// `gate = silu(gate) · up`.
+    pub fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor) {
+        let params = [gate.len as u32, 0, 0, 0, 0, 0, 0, 0];
+        self.dispatch(
+            "silu_mul",
+            0,
+            params,
+            &[&gate.buf, &up.buf],
+            grid_1d(gate.len),
+        );
+    }
+
+    /// `x += y`.
+    pub fn add(&self, x: &GpuTensor, y: &GpuTensor) {
+        let params = [x.len as u32, 0, 0, 0, 0, 0, 0, 0];
+        self.dispatch("add", 0, params, &[&x.buf, &y.buf], grid_1d(x.len));
+    }
+}

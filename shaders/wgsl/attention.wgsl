@@ -1,0 +1,64 @@
+// Causal grouped-query attention of new queries over the KV cache, with an online softmax.
+// One workgroup per (head, token); its threads score 64 positions at a time, then each thread
+// accumulates its share of the head's dimensions.
+// a: heads, b: kv_heads, c: head_dim (≤ 256), d: pos0, e: kv width (kv_heads · head_dim),
+// f: scale (f32 bits).
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<f32>;
+@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> qs: array<f32, 256>;
+var<workgroup> scores: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
+    let h = wg.x;
+    let t = wg.y;
+    let hd = p.c;
+    let kvh = h / (p.a / p.b);
+    let qbase = (t * p.a + h) * hd;
+    for (var i = li.x; i < hd; i += 64u) { qs[i] = q[qbase + i]; }
+    workgroupBarrier();
+    let len = p.d + t + 1u;
+    let scale = bitcast<f32>(p.f);
+    var m = -3.0e38;
+    var s = 0.0;
+    var acc: array<f32, 4>;
+    for (var j = 0u; j < 4u; j++) { acc[j] = 0.0; }
+    for (var p0 = 0u; p0 < len; p0 += 64u) {
+        let pos = p0 + li.x;
+        var sc = -3.0e38;
+        if (pos < len) {
+            let kb = pos * p.e + kvh * hd;
+            var d = 0.0;
+            for (var i = 0u; i < hd; i++) { d += qs[i] * kc[kb + i]; }
+            sc = d * scale;
+        }
+        scores[li.x] = sc;
+        workgroupBarrier();
+        let n = min(64u, len - p0);
+        var tile_max = m;
+        for (var j = 0u; j < n; j++) { tile_max = max(tile_max, scores[j]); }
+        let correction = exp(m - tile_max);
+        s *= correction;
+        for (var j = 0u; j < 4u; j++) { acc[j] *= correction; }
+        for (var j = 0u; j < n; j++) {
+            let e = exp(scores[j] - tile_max);
+            s += e;
+            let vb = (p0 + j) * p.e + kvh * hd;
+            for (var c = 0u; c < 4u; c++) {
+                let dim = li.x + 64u * c;
+                if (dim < hd) { acc[c] += e * vc[vb + dim]; }
+            }
+        }
+        m = tile_max;
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let dim = li.x + 64u * c;
+        if (dim < hd) { out[qbase + dim] = acc[c] / s; }
+    }
+}
