@@ -3,9 +3,11 @@
 use baton_protocol::Span;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::GpuBackend;
 use crate::error::{Error, RunError};
 use crate::llama::{LlamaSpan, Logits, SpanCache, SpanInput};
 use crate::model::ModelFile;
+use baton_shaders::gpu::{Gpu, GpuOptions};
 
 /// `--backend`: `auto` takes a real GPU when there is one, the CPU otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,10 +22,22 @@ pub const PREFILL_CHUNK: usize = 256;
 
 pub enum Engine {
     Cpu(LlamaSpan<CpuBackend>),
+    Gpu(LlamaSpan<GpuBackend>),
 }
 
 pub enum Cache {
     Cpu(SpanCache<CpuBackend>),
+    Gpu(SpanCache<GpuBackend>),
+}
+
+/// Calls the same method on whichever span an engine holds.
+macro_rules! each {
+    ($engine:expr, $s:ident => $body:expr) => {
+        match $engine {
+            Engine::Cpu($s) => $body,
+            Engine::Gpu($s) => $body,
+        }
+    };
 }
 
 impl Engine {
@@ -33,30 +47,37 @@ impl Engine {
         choice: BackendChoice,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, Error> {
-        match choice {
-            BackendChoice::Auto | BackendChoice::Cpu => Ok(Engine::Cpu(LlamaSpan::load(
-                model, span, CpuBackend, progress,
-            )?)),
-            BackendChoice::Wgpu => Err(RunError::Backend("wgpu is not available".into()).into()),
-        }
+        let gpu = match choice {
+            BackendChoice::Cpu => None,
+            // `auto` never settles for a software adapter.
+            BackendChoice::Auto => Gpu::new(&GpuOptions::default()).ok(),
+            BackendChoice::Wgpu => Some(
+                Gpu::new(&GpuOptions {
+                    allow_software: true,
+                    ..Default::default()
+                })
+                .map_err(RunError::from)?,
+            ),
+        };
+        Ok(match gpu {
+            None => Engine::Cpu(LlamaSpan::load(model, span, CpuBackend, progress)?),
+            Some(gpu) => Engine::Gpu(LlamaSpan::load(model, span, GpuBackend { gpu }, progress)?),
+        })
     }
 
     pub fn describe(&self) -> String {
-        match self {
-            Engine::Cpu(s) => crate::backend::Backend::describe(&s.backend),
-        }
+        each!(self, s => crate::backend::Backend::describe(&s.backend))
     }
 
     pub fn span(&self) -> Span {
-        match self {
-            Engine::Cpu(s) => s.span,
-        }
+        each!(self, s => s.span)
     }
 
     pub fn new_cache(&self) -> Result<Cache, RunError> {
-        match self {
-            Engine::Cpu(s) => Ok(Cache::Cpu(s.new_cache()?)),
-        }
+        Ok(match self {
+            Engine::Cpu(s) => Cache::Cpu(s.new_cache()?),
+            Engine::Gpu(s) => Cache::Gpu(s.new_cache()?),
+        })
     }
 
     pub fn forward(
@@ -67,6 +88,10 @@ impl Engine {
     ) -> Result<Vec<f32>, RunError> {
         match (self, cache) {
             (Engine::Cpu(s), Cache::Cpu(c)) => s.forward(c, input, logits),
+            (Engine::Gpu(s), Cache::Gpu(c)) => s.forward(c, input, logits),
+            _ => Err(RunError::Backend(
+                "a session's cache belongs to another backend".into(),
+            )),
         }
     }
 
@@ -90,6 +115,7 @@ impl Cache {
     pub fn pos(&self) -> usize {
         match self {
             Cache::Cpu(c) => c.pos,
+            Cache::Gpu(c) => c.pos,
         }
     }
 }

@@ -113,3 +113,13 @@ fn check_composition(choice: BackendChoice) {
 fn cpu_spans_compose_exactly() {
     check_composition(BackendChoice::Cpu);
 }
+
+#[test]
+fn wgpu_matches_the_reference_logits() {
+    check_backend(BackendChoice::Wgpu, 0.05);
+}
+
+#[test]
+fn wgpu_spans_compose_exactly() {
+    check_composition(BackendChoice::Wgpu);
+}

@@ -52,3 +52,8 @@ fn check(choice: BackendChoice, tol: f32) {
 fn cpu_reproduces_the_reference() {
     check(BackendChoice::Cpu, 1e-3);
 }
+
+#[test]
+fn wgpu_reproduces_the_reference() {
+    check(BackendChoice::Wgpu, 1e-2);
+}

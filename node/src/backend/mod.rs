@@ -4,6 +4,7 @@
 //! Activations are `[tokens, width]` row-major f32.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::RunError;
 use crate::model::TensorRef;

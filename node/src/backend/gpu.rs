@@ -1,0 +1,164 @@
+//! The wgpu backend: weights and activations stay on the GPU across the layers of a span; only
+//! what leaves the span is read back.
+
+use std::sync::Arc;
+
+use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor};
+
+use super::Backend;
+use crate::error::RunError;
+use crate::model::TensorRef;
+
+pub struct GpuBackend {
+    pub gpu: Arc<Gpu>,
+}
+
+pub struct GpuAct {
+    t: GpuTensor,
+    width: usize,
+}
+
+/// One layer's keys and values, `[capacity, width]` each, grown by doubling.
+pub struct GpuKv {
+    k: GpuTensor,
+    v: GpuTensor,
+    width: usize,
+    capacity: usize,
+    max: usize,
+}
+
+impl GpuBackend {
+    fn act(&self, t: GpuTensor, width: usize) -> GpuAct {
+        GpuAct { t, width }
+    }
+
+    fn grow(&self, kv: &mut GpuKv, need: usize, used: usize) {
+        if need <= kv.capacity {
+            return;
+        }
+        let capacity = need.next_power_of_two().max(256).min(kv.max.max(need));
+        for t in [&mut kv.k, &mut kv.v] {
+            let bigger = self.gpu.zeros(capacity * kv.width);
+            self.gpu.copy(&t.buf, 0, &bigger.buf, 0, used * kv.width);
+            *t = bigger;
+        }
+        kv.capacity = capacity;
+    }
+}
+
+impl Backend for GpuBackend {
+    type Act = GpuAct;
+    type Weight = GpuMatrix;
+    type Vector = GpuTensor;
+    type Kv = GpuKv;
+
+    fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn weight(&self, t: &TensorRef) -> Result<GpuMatrix, RunError> {
+        Ok(self.gpu.upload_matrix(&t.matrix())?)
+    }
+
+    fn vector(&self, v: &[f32]) -> Result<GpuTensor, RunError> {
+        Ok(self.gpu.upload(v))
+    }
+
+    fn kv_cache(&self, width: usize, capacity: usize) -> Result<GpuKv, RunError> {
+        Ok(GpuKv {
+            k: self.gpu.zeros(0),
+            v: self.gpu.zeros(0),
+            width,
+            capacity: 0,
+            max: capacity,
+        })
+    }
+
+    fn upload(&self, x: &[f32], width: usize) -> Result<GpuAct, RunError> {
+        Ok(self.act(self.gpu.upload(x), width))
+    }
+
+    fn download(&self, x: &GpuAct) -> Result<Vec<f32>, RunError> {
+        Ok(self.gpu.download(&x.t)?)
+    }
+
+    fn tokens(&self, x: &GpuAct) -> usize {
+        x.t.len / x.width
+    }
+
+    fn embed(&self, table: &GpuMatrix, ids: &[u32]) -> Result<GpuAct, RunError> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(RunError::TokenId {
+                id,
+                vocab: table.rows,
+            });
+        }
+        Ok(self.act(self.gpu.embed(table, ids), table.cols))
+    }
+
+    fn rmsnorm(&self, x: &GpuAct, w: &GpuTensor, eps: f32) -> Result<GpuAct, RunError> {
+        Ok(self.act(self.gpu.rmsnorm(&x.t, w, eps), x.width))
+    }
+
+    fn linear(&self, ws: &[&GpuMatrix], x: &GpuAct) -> Result<Vec<GpuAct>, RunError> {
+        let tokens = self.tokens(x);
+        Ok(ws
+            .iter()
+            .map(|w| self.act(self.gpu.matmul(w, &x.t, tokens), w.rows))
+            .collect())
+    }
+
+    fn rope(
+        &self,
+        x: &mut GpuAct,
+        pos0: usize,
+        head_dim: usize,
+        theta: f32,
+        interleaved: bool,
+    ) -> Result<(), RunError> {
+        let heads = x.width / head_dim;
+        self.gpu
+            .rope(&x.t, heads, head_dim, pos0, theta, interleaved);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &GpuAct,
+        k: &GpuAct,
+        v: &GpuAct,
+        kv: &mut GpuKv,
+        pos0: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<GpuAct, RunError> {
+        let tokens = self.tokens(k);
+        self.grow(kv, pos0 + tokens, pos0);
+        self.gpu
+            .copy(&k.t.buf, 0, &kv.k.buf, pos0 * kv.width, k.t.len);
+        self.gpu
+            .copy(&v.t.buf, 0, &kv.v.buf, pos0 * kv.width, v.t.len);
+        let out = self
+            .gpu
+            .attention(&q.t, &kv.k.buf, &kv.v.buf, pos0, heads, kv_heads, head_dim)?;
+        Ok(self.act(out, q.width))
+    }
+
+    fn silu_mul(&self, gate: &mut GpuAct, up: &GpuAct) -> Result<(), RunError> {
+        self.gpu.silu_mul(&gate.t, &up.t);
+        Ok(())
+    }
+
+    fn add(&self, x: &mut GpuAct, y: &GpuAct) -> Result<(), RunError> {
+        self.gpu.add(&x.t, &y.t);
+        Ok(())
+    }
+
+    fn tail(&self, x: &GpuAct, rows: usize) -> Result<GpuAct, RunError> {
+        let n = rows * x.width;
+        let out = self.gpu.zeros(n);
+        self.gpu.copy(&x.t.buf, x.t.len - n, &out.buf, 0, n);
+        Ok(self.act(out, x.width))
+    }
+}
