@@ -27,7 +27,7 @@ impl Backend for CpuBackend {
     type Kv = CpuKv;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads)", cpu::pool().threads())
     }
 
     fn weight(&self, t: &TensorRef) -> Result<TensorRef, RunError> {

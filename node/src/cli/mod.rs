@@ -45,6 +45,7 @@ impl ModelArgs {
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
+        baton_shaders::cpu::set_threads(n);
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

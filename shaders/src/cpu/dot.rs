@@ -207,7 +207,10 @@ mod x86 {
     pub unsafe fn dot_q4_1(row: &[u8], x: &[f32], xs: &[f32]) -> f32 {
         let nb = x.len() / 32;
         let mask = _mm_set1_epi8(0x0f);
-        let mut acc = _mm256_setzero_ps();
+        // Two accumulators and two product chains per block keep the FMA pipes busy instead
+        // of waiting on one long dependency chain.
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
         let mut macc = _mm_setzero_ps();
         for b in 0..nb {
             let p = row.as_ptr().add(b * 20);
@@ -221,16 +224,24 @@ mod x86 {
             let l1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
             let h0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
             let h1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-            let mut t = _mm256_mul_ps(l0, _mm256_loadu_ps(xp));
-            t = _mm256_fmadd_ps(l1, _mm256_loadu_ps(xp.add(8)), t);
-            t = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xp.add(16)), t);
-            t = _mm256_fmadd_ps(h1, _mm256_loadu_ps(xp.add(24)), t);
-            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), t, acc);
+            let t0 = _mm256_fmadd_ps(
+                h0,
+                _mm256_loadu_ps(xp.add(16)),
+                _mm256_mul_ps(l0, _mm256_loadu_ps(xp)),
+            );
+            let t1 = _mm256_fmadd_ps(
+                h1,
+                _mm256_loadu_ps(xp.add(24)),
+                _mm256_mul_ps(l1, _mm256_loadu_ps(xp.add(8))),
+            );
+            let d = _mm256_broadcastss_ps(dm);
+            acc0 = _mm256_fmadd_ps(d, t0, acc0);
+            acc1 = _mm256_fmadd_ps(d, t1, acc1);
             // m · Σx for this block, accumulated in lane 1.
             macc = _mm_fmadd_ps(dm, _mm_set1_ps(*xs.get_unchecked(b)), macc);
         }
         let m: [f32; 4] = std::mem::transmute(macc);
-        hsum(acc) + m[1]
+        hsum(_mm256_add_ps(acc0, acc1)) + m[1]
     }
 }
 

@@ -4,9 +4,10 @@
 //! Many tokens (prefill): each thread expands a tile of rows to f32 in a buffer that stays in
 //! cache and hands it to a float GEMM, so dequantizing costs once per tile and not per token.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::dot::{block_sums, Dot};
+use super::pool::{pool, SharedOut};
 use crate::quant::{dequantize_row, QTensor};
 
 /// From this many tokens on, dequantize a tile and use GEMM.
@@ -14,13 +15,6 @@ const GEMM_MIN_TOKENS: usize = 4;
 /// Rows per unit of work.
 const DOT_ROWS: usize = 64;
 const GEMM_ROWS: usize = 64;
-
-/// A raw pointer that threads may share because each writes a disjoint part of the buffer.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every unit of work writes only the columns of its own rows; see `run_units`.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// `y[t, rows] = x[t, cols] · wᵀ`.
 pub fn matmul(w: &QTensor, x: &[f32], tokens: usize, y: &mut [f32]) {
@@ -47,7 +41,29 @@ pub fn matmul_many(ws: &[QTensor], x: &[f32], tokens: usize, ys: &mut [&mut [f32
     } else {
         x.chunks(ws[0].cols).map(block_sums).collect()
     };
-    units.par_iter().for_each_init(Vec::new, |buf, &(i, r0)| {
+    let next = AtomicUsize::new(0);
+    pool().run(&|| {
+        let mut buf = Vec::new();
+        while let Some(&(i, r0)) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
+            run_unit(ws, i, r0, step, gemm, x, tokens, &outs, &sums, &mut buf);
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_unit(
+    ws: &[QTensor],
+    i: usize,
+    r0: usize,
+    step: usize,
+    gemm: bool,
+    x: &[f32],
+    tokens: usize,
+    outs: &[SharedOut],
+    sums: &[Vec<f32>],
+    buf: &mut Vec<f32>,
+) {
+    {
         let w = &ws[i];
         let r1 = (r0 + step).min(w.rows);
         let out = outs[i];
@@ -64,7 +80,7 @@ pub fn matmul_many(ws: &[QTensor], x: &[f32], tokens: usize, ys: &mut [&mut [f32
                 }
             }
         }
-    });
+    }
 }
 
 fn gemm_tile(

@@ -5,8 +5,10 @@
 mod dot;
 mod matmul;
 mod ops;
+mod pool;
 
 pub use crate::quant::{dequantize_row, quantize_row};
 pub use dot::{block_sums, Dot};
 pub use matmul::{matmul, matmul_many};
 pub use ops::{add, attention, rmsnorm, rope, silu_mul};
+pub use pool::{pool, set_threads};

@@ -1,6 +1,8 @@
 //! The element-wise and attention kernels of a Llama block, on f32 activations `[tokens, width]`.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::pool::{pool, SharedOut};
 
 /// `out[t] = x[t] / rms(x[t]) · w`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -63,9 +65,18 @@ pub fn attention(
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim).enumerate().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (i, o)| {
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let pairs = out.len() / head_dim;
+    let next = AtomicUsize::new(0);
+    pool().run(&|| {
+        let mut scores = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= pairs {
+                break;
+            }
+            // SAFETY: each (token, head) pair `i` owns the disjoint slice i·head_dim.. of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * head_dim), head_dim) };
             let (t, h) = (i / heads, i % heads);
             let kvh = h / group;
             let qh = &q[i * head_dim..(i + 1) * head_dim];
@@ -74,7 +85,7 @@ pub fn attention(
             let mut max = f32::NEG_INFINITY;
             for p in 0..len {
                 let kp = &k[p * kv_width + kvh * head_dim..][..head_dim];
-                let s = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+                let s = dot_f32(qh, kp) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
@@ -91,8 +102,28 @@ pub fn attention(
                     *a += wgt * b;
                 }
             }
-        },
-    );
+        }
+    });
+}
+
+/// `a · b` with eight independent partial sums, which the compiler turns into vector code (a
+/// single running sum is a serial chain it must not reorder).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `gate = silu(gate) · up`, in place.

@@ -1,0 +1,188 @@
+//! A small thread pool for the matrix products of decode, whose workers spin briefly between
+//! jobs before sleeping.
+//!
+//! A decode step runs ~150 short parallel products one after another. Waking sleeping threads for
+//! each costs tens of microseconds, a large share of a step of a few milliseconds, so the workers
+//! stay hot while steps keep coming and sleep on a condition variable when they stop.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// A raw pointer that the threads of one job share because each writes a disjoint part of the
+/// buffer behind it.
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+// SAFETY: users write disjoint ranges only, and the buffer outlives the job (`Pool::run` returns
+// after every thread is done).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `i` elements in. Going through a method makes closures capture the whole
+    /// (shareable) wrapper rather than its raw pointer field.
+    pub fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+type Job = &'static (dyn Fn() + Sync);
+
+struct Shared {
+    epoch: AtomicUsize,
+    job: Mutex<Option<Job>>,
+    running: AtomicUsize,
+    sleepers: Mutex<usize>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: usize,
+    /// One job at a time: callers from several threads take turns.
+    turn: Mutex<()>,
+}
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Sets the number of threads (the caller included) before the pool is first used.
+pub fn set_threads(n: usize) {
+    THREADS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The process-wide pool.
+pub fn pool() -> &'static Pool {
+    POOL.get_or_init(|| {
+        let n = match THREADS.load(Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        Pool::new(n)
+    })
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            running: AtomicUsize::new(0),
+            sleepers: Mutex::new(0),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        for i in 1..threads {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("baton-cpu-{i}"))
+                .spawn(move || worker(&s))
+                .expect("spawning a compute thread");
+        }
+        Pool {
+            shared,
+            threads,
+            turn: Mutex::new(()),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on every thread of the pool, this one included, and returns when all are done.
+    /// `f` shares out its work itself (for example through an atomic counter).
+    pub fn run(&self, f: &(dyn Fn() + Sync)) {
+        if self.threads == 1 {
+            f();
+            return;
+        }
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the reference is only used by workers between the epoch bump below and their
+        // decrement of `running`, and this function waits for `running` to reach zero before it
+        // returns, so `f` outlives every use.
+        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(f) };
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        self.shared
+            .running
+            .store(self.threads - 1, Ordering::SeqCst);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        if *self
+            .shared
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            > 0
+        {
+            self.shared.wake.notify_all();
+        }
+        f();
+        while self.shared.running.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn worker(s: &Shared) {
+    // Workers exist before the first job, whose epoch is 1.
+    let mut seen = 0;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while s.epoch.load(Ordering::SeqCst) == seen {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 && start.elapsed() > SPIN {
+                let mut sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+                *sleepers += 1;
+                while s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
+                    sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+                }
+                *sleepers -= 1;
+            }
+            if s.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        seen = s.epoch.load(Ordering::SeqCst);
+        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = job {
+            f();
+        }
+        s.running.fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unit_runs_once_across_many_jobs() {
+        let pool = Pool::new(3);
+        for n in [0usize, 1, 7, 1000] {
+            let next = AtomicUsize::new(0);
+            let done: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                done[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == 1));
+        }
+        // After the workers fall asleep, a job still wakes them.
+        std::thread::sleep(SPIN * 3);
+        let count = AtomicUsize::new(0);
+        pool.run(&|| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 3);
+    }
+}
