@@ -38,13 +38,13 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             what,
         };
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(bad(format!(
                 "{} attention heads do not split into groups of {} KV heads",
                 self.heads, self.kv_heads
             )));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 512 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 512 {
             return Err(bad(format!(
                 "head dimension {} is not supported",
                 self.head_dim

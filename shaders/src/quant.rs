@@ -53,7 +53,7 @@ impl DType {
     /// Bytes of one row of `cols` elements, or an error when `cols` splits a block.
     pub fn row_bytes(self, cols: usize) -> Result<usize, QuantError> {
         let block = self.block_len();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(QuantError::PartialBlock {
                 dtype: self,
                 cols,

@@ -201,7 +201,7 @@ impl Gpu {
 
     fn init(&self, bytes: &[u8], label: &str) -> wgpu::Buffer {
         let mut padded;
-        let data = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+        let data = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
             bytes
         } else {
             padded = bytes.to_vec();
