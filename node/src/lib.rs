@@ -20,3 +20,22 @@ pub use error::{Error, LoadError, RunError};
 pub use llama::{Logits, SpanInput};
 pub use model::ModelFile;
 pub use runtime::{BackendChoice, Cache, Engine};
+
+/// Sizes the CPU backend's thread pool. Call it once, before the first model runs.
+pub fn set_threads(n: usize) -> Result<(), RunError> {
+    if n == 0 {
+        return Err(RunError::Backend(
+            "the thread count must be at least 1".into(),
+        ));
+    }
+    baton_shaders::cpu::set_threads(n);
+    Ok(())
+}
+
+/// Mesa's Vulkan drivers print an error when `XDG_RUNTIME_DIR` is unset, though compute needs no
+/// display. Binaries call this first thing, while they are still single-threaded.
+pub fn quiet_gpu_probe() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+}

@@ -31,6 +31,7 @@ enum Command {
 }
 
 fn main() {
+    baton_node::quiet_gpu_probe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

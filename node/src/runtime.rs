@@ -69,6 +69,16 @@ impl Engine {
         each!(self, s => crate::backend::Backend::describe(&s.backend))
     }
 
+    /// The model's context length in tokens.
+    pub fn context(&self) -> usize {
+        each!(self, s => s.config.context)
+    }
+
+    /// The length of a row of logits.
+    pub fn vocab(&self) -> usize {
+        each!(self, s => s.config.vocab)
+    }
+
     pub fn span(&self) -> Span {
         each!(self, s => s.span)
     }

@@ -1,4 +1,111 @@
-//! Reading logits: the top-k of a row, log-softmax, perplexity.
+//! Reading logits: greedy and random sampling (temperature, top-k, top-p, seed), the top-k of a
+//! row, log-softmax.
+
+use serde::{Deserialize, Serialize};
+
+/// How the next token is chosen. Temperature 0 is greedy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the most likely tokens whose probabilities sum to `top_p`; 1 keeps all.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A seeded sampler: the same seed and logits give the same tokens on every machine.
+pub struct Sampler {
+    params: SamplingParams,
+    state: u64,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        Sampler {
+            params,
+            state: params.seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// splitmix64: small, fast and fully determined by the seed.
+    fn next_f64(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let p = self.params;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            return argmax(logits);
+        }
+        // Candidates, most likely first when a cut needs the order.
+        let mut cand: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < logits.len() {
+            top_k(logits, p.top_k)
+        } else {
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i as u32, *l))
+                .collect()
+        };
+        if p.top_p < 1.0 && cand.len() > 1 {
+            cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let mut weights: Vec<f64> = cand
+            .iter()
+            .map(|c| (((c.1 - max) / p.temperature) as f64).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let keep = weights
+                .iter()
+                .position(|w| {
+                    acc += w / total;
+                    acc >= p.top_p as f64
+                })
+                .map_or(weights.len(), |i| i + 1);
+            weights.truncate(keep);
+        }
+        let total: f64 = weights.iter().sum();
+        let mut r = self.next_f64() * total;
+        for (w, c) in weights.iter().zip(&cand) {
+            if r < *w {
+                return c.0;
+            }
+            r -= w;
+        }
+        cand[weights.len() - 1].0
+    }
+}
+
+/// The index of the largest logit; ties go to the lowest index.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
 
 /// The `k` largest entries of `row`, largest first, as (id, logit).
 pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
@@ -30,11 +137,41 @@ mod tests {
         let row = [0.5, 3.0, -1.0, 3.0, 2.0];
         assert_eq!(top_k(&row, 3), vec![(1, 3.0), (3, 3.0), (4, 2.0)]);
         assert_eq!(top_k(&row, 10).len(), 5);
+        assert_eq!(argmax(&row), 1);
     }
 
     #[test]
     fn log_prob_of_uniform_row() {
         let row = [1.0f32; 4];
         assert!((log_prob(&row, 2) - (0.25f32).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sampling_is_greedy_at_zero_and_seeded_otherwise() {
+        let logits = [1.0, 2.0, 0.5, 1.9];
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample(&logits), 1);
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
+        let draw = |p: SamplingParams| {
+            let mut s = Sampler::new(p);
+            (0..200).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        let a = draw(params);
+        assert_eq!(a, draw(params), "same seed, same tokens");
+        assert_ne!(a, draw(SamplingParams { seed: 8, ..params }));
+        // Every token appears at temperature 1; top-k 2 keeps only ids 1 and 3.
+        assert!((0..4).all(|id| a.contains(&id)));
+        let b = draw(SamplingParams { top_k: 2, ..params });
+        assert!(b.iter().all(|id| *id == 1 || *id == 3));
+        // top-p 0.5 keeps the smallest set reaching half the mass: ids 1 and 3 here.
+        let c = draw(SamplingParams {
+            top_p: 0.5,
+            ..params
+        });
+        assert!(c.iter().all(|id| *id == 1 || *id == 3) && c.contains(&3));
     }
 }

@@ -6,7 +6,6 @@ pub mod info;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use baton_node::{BackendChoice, Engine, ModelFile};
 use baton_protocol::Span;
 use clap::Args;
@@ -44,12 +43,7 @@ impl ModelArgs {
 
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        baton_shaders::cpu::set_threads(n);
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("cannot size the thread pool")?;
+        baton_node::set_threads(n)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The CPU kernels: the CPU backend, and the reference for every GPU kernel.
 //!
-//! Threads come from rayon's global pool; `baton-node --threads N` sizes it.
+//! Threads come from one process-wide pool ([`pool`]); `--threads N` sizes it.
 
 mod dot;
 mod matmul;
