@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pool::{pool, SharedOut};
 
+/// From this many queries on, attention runs as matrix products.
+const GEMM_MIN_TOKENS: usize = 4;
+
 /// `out[t] = x[t] / rms(x[t]) · w`.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
@@ -62,6 +65,10 @@ pub fn attention(
     head_dim: usize,
     out: &mut [f32],
 ) {
+    let tokens = q.len() / (heads * head_dim);
+    if tokens >= GEMM_MIN_TOKENS {
+        return attention_gemm(q, k, v, pos0, heads, kv_heads, head_dim, out);
+    }
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -101,6 +108,89 @@ pub fn attention(
                 for (a, b) in o.iter_mut().zip(vp) {
                     *a += wgt * b;
                 }
+            }
+        }
+    });
+}
+
+/// Attention of a prefill chunk, one head at a time: the scores of all its queries against all
+/// positions are one matrix product, and their weighted sum of values another, both handed to
+/// a float GEMM. Positions past each query's own are masked out before the softmax.
+#[allow(clippy::too_many_arguments)]
+fn attention_gemm(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    let tokens = q.len() / (heads * head_dim);
+    let len = pos0 + tokens;
+    let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+    let group = heads / kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    pool().run(&|| {
+        let mut scores = vec![0f32; tokens * len];
+        loop {
+            let h = next.fetch_add(1, Ordering::Relaxed);
+            if h >= heads {
+                break;
+            }
+            let kv0 = (h / group) * head_dim;
+            // SAFETY: A, B and C are in bounds for the strides given: q is [tokens, q_width],
+            // k and v are [len, kv_width], scores is [tokens, len]. Head h alone writes the
+            // columns h·head_dim.. of out.
+            unsafe {
+                matrixmultiply::sgemm(
+                    tokens,
+                    head_dim,
+                    len,
+                    scale,
+                    q.as_ptr().add(h * head_dim),
+                    q_width as isize,
+                    1,
+                    k.as_ptr().add(kv0),
+                    1,
+                    kv_width as isize,
+                    0.0,
+                    scores.as_mut_ptr(),
+                    len as isize,
+                    1,
+                );
+            }
+            for (t, row) in scores.chunks_exact_mut(len).enumerate() {
+                let (live, masked) = row.split_at_mut(pos0 + t + 1);
+                let max = live.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+                let mut total = 0f32;
+                for s in live.iter_mut() {
+                    *s = (*s - max).exp();
+                    total += *s;
+                }
+                live.iter_mut().for_each(|s| *s /= total);
+                masked.fill(0.0);
+            }
+            unsafe {
+                matrixmultiply::sgemm(
+                    tokens,
+                    len,
+                    head_dim,
+                    1.0,
+                    scores.as_ptr(),
+                    len as isize,
+                    1,
+                    v.as_ptr().add(kv0),
+                    kv_width as isize,
+                    1,
+                    0.0,
+                    out_ptr.at(h * head_dim),
+                    q_width as isize,
+                    1,
+                );
             }
         }
     });
@@ -158,6 +248,25 @@ mod tests {
         let a_perm: Vec<f32> = a.chunks(hd).flat_map(perm).collect();
         for (u, v) in a_perm.iter().zip(&b) {
             assert!((u - v).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn both_attention_paths_agree() {
+        let (heads, kv, hd, pos0, tokens) = (6, 2, 16, 9, 5);
+        let len = pos0 + tokens;
+        let r = |n: usize, s: usize| -> Vec<f32> { (0..n).map(|i| (((i * 7919 + s) % 997) as f32 / 997.0) - 0.5).collect() };
+        let (q, k, v) = (r(tokens * heads * hd, 1), r(len * kv * hd, 2), r(len * kv * hd, 3));
+        let mut gemm = vec![0f32; q.len()];
+        attention(&q, &k, &v, pos0, heads, kv, hd, &mut gemm);
+        // The same queries one at a time take the per-query path.
+        for t in 0..tokens {
+            let w = heads * hd;
+            let mut one = vec![0f32; w];
+            attention(&q[t * w..(t + 1) * w], &k[..(pos0 + t + 1) * kv * hd], &v[..(pos0 + t + 1) * kv * hd], pos0 + t, heads, kv, hd, &mut one);
+            for (a, b) in one.iter().zip(&gemm[t * w..(t + 1) * w]) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
         }
     }
 
