@@ -100,7 +100,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     let ids = tok.encode(&text).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt has no tokens");
     let span = Span::full(model.config.layers as u32);
-    let engine = Engine::load(&model, span, a.backend, &mut |_, _| {})?;
+    let engine = Engine::load(&model, span, a.backend.into(), &mut |_, _| {})?;
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,

@@ -19,7 +19,7 @@ pub use config::LlamaConfig;
 pub use error::{Error, LoadError, RunError};
 pub use llama::{Logits, SpanInput};
 pub use model::ModelFile;
-pub use runtime::{BackendChoice, Cache, Engine};
+pub use runtime::{BackendChoice, Cache, Engine, EngineOptions, KvDtype};
 
 /// Sizes the CPU backend's thread pool. Call it once, before the first model runs.
 pub fn set_threads(n: usize) -> Result<(), RunError> {

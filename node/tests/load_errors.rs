@@ -95,7 +95,7 @@ fn tmpdir(tag: &str) -> PathBuf {
 fn load(path: &Path) -> Result<Engine, Error> {
     let model = ModelFile::open(path)?;
     let span = Span::full(model.config.layers as u32);
-    Engine::load(&model, span, BackendChoice::Cpu, &mut |_, _| {})
+    Engine::load(&model, span, BackendChoice::Cpu.into(), &mut |_, _| {})
 }
 
 #[test]

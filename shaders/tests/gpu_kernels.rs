@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use baton_shaders::cpu;
-use baton_shaders::gpu::{Gpu, GpuOptions};
+use baton_shaders::gpu::{Gpu, GpuOptions, KvFormat};
 use baton_shaders::{DType, QTensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -163,17 +163,33 @@ fn attention_matches_cpu() {
         let q = random(&mut rng, tokens * heads * hd, 1.0);
         let k = random(&mut rng, len * kv * hd, 1.0);
         let v = random(&mut rng, len * kv * hd, 1.0);
-        let mut want = vec![0f32; q.len()];
-        cpu::attention(&q, &k, &v, pos0, heads, kv, hd, &mut want);
-        let (kc, vc) = (g.upload(&k), g.upload(&v));
-        let out = g
-            .attention(&g.upload(&q), &kc.buf, &vc.buf, pos0, heads, kv, hd)
-            .unwrap();
-        assert_close(
-            &g.download(&out).unwrap(),
-            &want,
-            1e-4,
-            &format!("attention h{heads} kv{kv} d{hd} p{pos0} t{tokens}"),
-        );
+        for format in [KvFormat::F16, KvFormat::F32] {
+            // The reference sees keys and values rounded as the cache stores them.
+            let round = |x: &[f32]| -> Vec<f32> {
+                match format {
+                    KvFormat::F16 => x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect(),
+                    KvFormat::F32 => x.to_vec(),
+                }
+            };
+            let mut want = vec![0f32; q.len()];
+            cpu::attention(&q, &round(&k), &round(&v), pos0, heads, kv, hd, &mut want);
+            // Fill the caches in two appends, as a prefill followed by a step would.
+            let words = format.words(len * kv * hd);
+            let (kc, vc) = (g.zeros(words), g.zeros(words));
+            let split = len / 2 * kv * hd;
+            for (src, cache) in [(&k, &kc), (&v, &vc)] {
+                g.kv_store(&g.upload(&src[..split]), &cache.buf, 0, format);
+                g.kv_store(&g.upload(&src[split..]), &cache.buf, split, format);
+            }
+            let out = g
+                .attention(&g.upload(&q), &kc.buf, &vc.buf, pos0, heads, kv, hd, format)
+                .unwrap();
+            assert_close(
+                &g.download(&out).unwrap(),
+                &want,
+                1e-4,
+                &format!("attention {format:?} h{heads} kv{kv} d{hd} p{pos0} t{tokens}"),
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-// Causal grouped-query attention of new queries over the KV cache, with an online softmax.
+// Causal grouped-query attention of new queries over the KV cache (32-bit words holding f16
+// pairs or f32 values by DTYPE, see kv.wgsl), with an online softmax.
 // One workgroup per (head, token); its threads score 64 positions at a time, then each thread
 // accumulates its share of the head's dimensions.
 // a: heads, b: kv_heads, c: head_dim (≤ 256), d: pos0, e: kv width (kv_heads · head_dim),
@@ -6,12 +7,26 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<u32>;
+@group(0) @binding(3) var<storage, read> vc: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> scores: array<f32, 64>;
+
+// Keys `i` and `i + 1` (`i` even).
+fn k_pair(i: u32) -> vec2<f32> {
+    if (DTYPE == 1u) { return unpack2x16float(kc[i >> 1u]); }
+    return vec2<f32>(bitcast<f32>(kc[i]), bitcast<f32>(kc[i + 1u]));
+}
+
+fn v_at(i: u32) -> f32 {
+    if (DTYPE == 1u) {
+        let pair = unpack2x16float(vc[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
+    }
+    return bitcast<f32>(vc[i]);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: vec3<u32>) {
@@ -34,7 +49,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
         if (pos < len) {
             let kb = pos * p.e + kvh * hd;
             var d = 0.0;
-            for (var i = 0u; i < hd; i++) { d += qs[i] * kc[kb + i]; }
+            // kb and hd are even: read the keys a pair at a time.
+            for (var i = 0u; i < hd; i += 2u) {
+                let kk = k_pair(kb + i);
+                d += qs[i] * kk.x + qs[i + 1u] * kk.y;
+            }
             sc = d * scale;
         }
         scores[li.x] = sc;
@@ -51,7 +70,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
             let vb = (p0 + j) * p.e + kvh * hd;
             for (var c = 0u; c < 4u; c++) {
                 let dim = li.x + 64u * c;
-                if (dim < hd) { acc[c] += e * vc[vb + dim]; }
+                if (dim < hd) { acc[c] += e * v_at(vb + dim); }
             }
         }
         m = tile_max;

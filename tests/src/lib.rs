@@ -153,7 +153,8 @@ pub fn check_case(
         for k in 0..5 {
             let d = (logit_of(p, case.top5_ids[p][k]) - case.top5_logits[p][k]).abs();
             worst = worst.max(d);
-            if d > tol {
+            // NaN fails too.
+            if d.is_nan() || d > tol {
                 bail!(
                     "{}: position {p}: logit of id {} is off by {d} (tolerance {tol})",
                     case.name,

@@ -8,7 +8,13 @@ use baton_tests::{binary, cases, demo_model};
 fn generate(args: &[&str]) -> (bool, String, String) {
     let model = demo_model();
     let out = Command::new(binary("baton"))
-        .args(["generate", "--model", model.to_str().unwrap(), "--backend", "cpu"])
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
         .args(args)
         .output()
         .expect("running baton");
@@ -44,7 +50,19 @@ fn greedy_generation_equals_the_reference() {
 fn chat_answers_paris_and_seeds_reproduce() {
     let (ok, out, _) = generate(&["--chat", "--prompt", "What is the capital of France?"]);
     assert!(ok && out.contains("Paris"), "{out}");
-    let sampled = |seed: &str| generate(&["--prompt", "Once upon a time", "--temperature", "0.9", "--max-tokens", "24", "--seed", seed]).1;
+    let sampled = |seed: &str| {
+        generate(&[
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            "0.9",
+            "--max-tokens",
+            "24",
+            "--seed",
+            seed,
+        ])
+        .1
+    };
     let a = sampled("5");
     assert_eq!(a, sampled("5"));
     assert_ne!(a, sampled("6"));

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor};
+use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor, KvFormat};
 
 use super::Backend;
 use crate::error::RunError;
@@ -11,6 +11,7 @@ use crate::model::TensorRef;
 
 pub struct GpuBackend {
     pub gpu: Arc<Gpu>,
+    pub kv_format: KvFormat,
 }
 
 pub struct GpuAct {
@@ -18,7 +19,8 @@ pub struct GpuAct {
     width: usize,
 }
 
-/// One layer's keys and values, `[capacity, width]` each, grown by doubling.
+/// One layer's keys and values, `[capacity, width]` each in the backend's [`KvFormat`], grown
+/// by doubling.
 pub struct GpuKv {
     k: GpuTensor,
     v: GpuTensor,
@@ -37,9 +39,11 @@ impl GpuBackend {
             return;
         }
         let capacity = need.next_power_of_two().max(256).min(kv.max.max(need));
+        // Two f16 values per 32-bit word.
         for t in [&mut kv.k, &mut kv.v] {
-            let bigger = self.gpu.zeros(capacity * kv.width);
-            self.gpu.copy(&t.buf, 0, &bigger.buf, 0, used * kv.width);
+            let bigger = self.gpu.zeros(capacity * kv.width / 2);
+            self.gpu
+                .copy(&t.buf, 0, &bigger.buf, 0, used * kv.width / 2);
             *t = bigger;
         }
         kv.capacity = capacity;
@@ -53,7 +57,7 @@ impl Backend for GpuBackend {
     type Kv = GpuKv;
 
     fn describe(&self) -> String {
-        self.gpu.describe()
+        format!("{}, KV cache {:?}", self.gpu.describe(), self.kv_format)
     }
 
     fn weight(&self, t: &TensorRef) -> Result<GpuMatrix, RunError> {
@@ -135,13 +139,12 @@ impl Backend for GpuBackend {
     ) -> Result<GpuAct, RunError> {
         let tokens = self.tokens(k);
         self.grow(kv, pos0 + tokens, pos0);
-        self.gpu
-            .copy(&k.t.buf, 0, &kv.k.buf, pos0 * kv.width, k.t.len);
-        self.gpu
-            .copy(&v.t.buf, 0, &kv.v.buf, pos0 * kv.width, v.t.len);
-        let out = self
-            .gpu
-            .attention(&q.t, &kv.k.buf, &kv.v.buf, pos0, heads, kv_heads, head_dim)?;
+        let f = self.kv_format;
+        self.gpu.kv_store(&k.t, &kv.k.buf, pos0 * kv.width, f);
+        self.gpu.kv_store(&v.t, &kv.v.buf, pos0 * kv.width, f);
+        let out = self.gpu.attention(
+            &q.t, &kv.k.buf, &kv.v.buf, pos0, heads, kv_heads, head_dim, f,
+        )?;
         Ok(self.act(out, q.width))
     }
 

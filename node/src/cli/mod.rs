@@ -6,7 +6,7 @@ pub mod info;
 
 use std::path::{Path, PathBuf};
 
-use baton_node::{BackendChoice, Engine, ModelFile};
+use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, ModelFile};
 use baton_protocol::Span;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +23,9 @@ pub struct ModelArgs {
     /// CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How a GPU keeps the KV cache (the CPU keeps f32).
+    #[arg(long, value_enum, default_value = "f16")]
+    pub kv_dtype: KvDtype,
 }
 
 impl ModelArgs {
@@ -32,12 +35,12 @@ impl ModelArgs {
     }
 
     pub fn load(&self, model: &ModelFile) -> anyhow::Result<Engine> {
-        load_span(
-            model,
-            Span::full(model.config.layers as u32),
-            self.backend,
-            &self.model,
-        )
+        let options = EngineOptions {
+            backend: self.backend,
+            kv_dtype: self.kv_dtype,
+        };
+        let span = Span::full(model.config.layers as u32);
+        load_span(model, span, options, &self.model)
     }
 }
 
@@ -51,7 +54,7 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
 pub fn load_span(
     model: &ModelFile,
     span: Span,
-    backend: BackendChoice,
+    options: EngineOptions,
     path: &Path,
 ) -> anyhow::Result<Engine> {
     let bar = ProgressBar::new(0).with_style(
@@ -59,7 +62,7 @@ pub fn load_span(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("loading {}", path.display()));
-    let engine = Engine::load(model, span, backend, &mut |done, total| {
+    let engine = Engine::load(model, span, options, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });

@@ -255,15 +255,32 @@ mod tests {
     fn both_attention_paths_agree() {
         let (heads, kv, hd, pos0, tokens) = (6, 2, 16, 9, 5);
         let len = pos0 + tokens;
-        let r = |n: usize, s: usize| -> Vec<f32> { (0..n).map(|i| (((i * 7919 + s) % 997) as f32 / 997.0) - 0.5).collect() };
-        let (q, k, v) = (r(tokens * heads * hd, 1), r(len * kv * hd, 2), r(len * kv * hd, 3));
+        let r = |n: usize, s: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + s) % 997) as f32 / 997.0) - 0.5)
+                .collect()
+        };
+        let (q, k, v) = (
+            r(tokens * heads * hd, 1),
+            r(len * kv * hd, 2),
+            r(len * kv * hd, 3),
+        );
         let mut gemm = vec![0f32; q.len()];
         attention(&q, &k, &v, pos0, heads, kv, hd, &mut gemm);
         // The same queries one at a time take the per-query path.
         for t in 0..tokens {
             let w = heads * hd;
             let mut one = vec![0f32; w];
-            attention(&q[t * w..(t + 1) * w], &k[..(pos0 + t + 1) * kv * hd], &v[..(pos0 + t + 1) * kv * hd], pos0 + t, heads, kv, hd, &mut one);
+            attention(
+                &q[t * w..(t + 1) * w],
+                &k[..(pos0 + t + 1) * kv * hd],
+                &v[..(pos0 + t + 1) * kv * hd],
+                pos0 + t,
+                heads,
+                kv,
+                hd,
+                &mut one,
+            );
             for (a, b) in one.iter().zip(&gemm[t * w..(t + 1) * w]) {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }

@@ -1,7 +1,7 @@
 //! One dispatch function per WGSL kernel. Each records work; nothing runs until a download or
 //! [`Gpu::flush`].
 
-use super::{grid_1d, Gpu, GpuError, GpuMatrix, GpuTensor, MAX_GROUPS};
+use super::{grid_1d, Gpu, GpuError, GpuMatrix, GpuTensor, KvFormat, MAX_GROUPS};
 use crate::quant::DType;
 
 pub(super) const COMMON: &str = include_str!("../../wgsl/common.wgsl");
@@ -15,6 +15,7 @@ pub(super) fn source(name: &str) -> (&'static str, &'static str) {
         "rmsnorm" => (include_str!("../../wgsl/rmsnorm.wgsl"), "main"),
         "rope" => (include_str!("../../wgsl/rope.wgsl"), "main"),
         "attention" => (include_str!("../../wgsl/attention.wgsl"), "main"),
+        "kv_store" => (include_str!("../../wgsl/kv.wgsl"), "main"),
         "silu_mul" => (include_str!("../../wgsl/elementwise.wgsl"), "silu_mul"),
         "add" => (include_str!("../../wgsl/elementwise.wgsl"), "add"),
         other => unreachable!("no kernel named {other}"),
@@ -145,8 +146,23 @@ impl Gpu {
         self.dispatch("rope", 0, params, &[&x.buf], grid_1d(pairs));
     }
 
-    /// Attention of `q [tokens, heads · head_dim]` at positions `pos0..` over caches that hold
-    /// positions `0..pos0 + tokens`, each row `kv_heads · head_dim` wide.
+    /// Stores `src` (f32, an even count) into a KV cache of 32-bit words in `format`, starting
+    /// at element `at` (even).
+    pub fn kv_store(&self, src: &GpuTensor, cache: &wgpu::Buffer, at: usize, format: KvFormat) {
+        let pairs = src.len / 2;
+        let params = [pairs as u32, at as u32, 0, 0, 0, 0, 0, 0];
+        self.dispatch(
+            "kv_store",
+            format as u32,
+            params,
+            &[&src.buf, cache],
+            grid_1d(pairs),
+        );
+    }
+
+    /// Attention of `q [tokens, heads · head_dim]` at positions `pos0..` over caches in `format`
+    /// ([`Gpu::kv_store`]) that hold positions `0..pos0 + tokens`, each row
+    /// `kv_heads · head_dim` wide.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -157,8 +173,9 @@ impl Gpu {
         heads: usize,
         kv_heads: usize,
         head_dim: usize,
+        format: KvFormat,
     ) -> Result<GpuTensor, GpuError> {
-        if head_dim > 256 {
+        if head_dim > 256 || !head_dim.is_multiple_of(2) {
             return Err(GpuError::HeadDim(head_dim));
         }
         let tokens = q.len / (heads * head_dim);
@@ -176,7 +193,7 @@ impl Gpu {
         ];
         self.dispatch(
             "attention",
-            0,
+            format as u32,
             params,
             &[&q.buf, k_cache, v_cache, &out.buf],
             (heads as u32, tokens as u32),

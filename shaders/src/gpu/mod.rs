@@ -29,7 +29,7 @@ pub enum GpuError {
         row_bytes: usize,
         max: u64,
     },
-    #[error("head dimension {0} exceeds the attention kernel's 256")]
+    #[error("head dimension {0} is not an even number up to 256, as the attention kernel needs")]
     HeadDim(usize),
 }
 
@@ -86,6 +86,26 @@ pub struct GpuOptions {
     pub allow_software: bool,
     /// Use at most this many bytes per storage binding (to test weight splitting).
     pub max_binding: Option<u64>,
+}
+
+/// How a KV cache stores keys and values, in 32-bit words. The discriminant is the kernels'
+/// DTYPE code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvFormat {
+    F32 = 0,
+    /// Two f16 values per word: half the memory and bandwidth of f32.
+    #[default]
+    F16 = 1,
+}
+
+impl KvFormat {
+    /// 32-bit words that hold `elements` values.
+    pub fn words(self, elements: usize) -> usize {
+        match self {
+            KvFormat::F32 => elements,
+            KvFormat::F16 => elements.div_ceil(2),
+        }
+    }
 }
 
 /// An f32 tensor on the GPU.
