@@ -192,8 +192,16 @@ mod x86 {
             let q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
             let q2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
             let q3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-            let t0 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xp.add(16)), _mm256_mul_ps(q0, _mm256_loadu_ps(xp)));
-            let t1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xp.add(24)), _mm256_mul_ps(q1, _mm256_loadu_ps(xp.add(8))));
+            let t0 = _mm256_fmadd_ps(
+                q2,
+                _mm256_loadu_ps(xp.add(16)),
+                _mm256_mul_ps(q0, _mm256_loadu_ps(xp)),
+            );
+            let t1 = _mm256_fmadd_ps(
+                q3,
+                _mm256_loadu_ps(xp.add(24)),
+                _mm256_mul_ps(q1, _mm256_loadu_ps(xp.add(8))),
+            );
             let d = _mm256_broadcastss_ps(d);
             acc0 = _mm256_fmadd_ps(d, t0, acc0);
             acc1 = _mm256_fmadd_ps(d, t1, acc1);
