@@ -24,6 +24,7 @@ pub enum KvDtype {
     /// Half the memory and bandwidth; logits move by about 0.01.
     #[default]
     F16,
+    /// Full precision, as the CPU keeps it.
     F32,
 }
 
