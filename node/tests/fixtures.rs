@@ -4,7 +4,7 @@
 use baton_node::tokenizer::Message;
 use baton_node::{BackendChoice, Engine, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
-use baton_tests::{cases, check_case, demo_model};
+use baton_tests::{cases, check_case, demo_model, max_abs_diff};
 
 fn full_logits(engine: &Engine, ids: &[u32]) -> Vec<f32> {
     let mut cache = engine.new_cache().unwrap();
@@ -96,17 +96,7 @@ fn check_composition(choice: BackendChoice) {
             .forward(&mut pcs[2], SpanInput::Hidden(&h), Logits::All)
             .unwrap();
         assert_eq!(got.len(), want.len());
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| {
-                if a.is_nan() || b.is_nan() {
-                    f32::INFINITY
-                } else {
-                    (a - b).abs()
-                }
-            })
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&got, &want);
         assert_eq!(diff, 0.0, "{}: composed spans differ", whole.describe());
     }
     // A middle span refuses token ids; the first refuses hidden states.

@@ -2,7 +2,7 @@
 
 use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
-use baton_tests::{fixtures_dir, tensor_f32};
+use baton_tests::{fixtures_dir, max_abs_diff, tensor_f32};
 
 fn check(options: EngineOptions, tol: f32) {
     let dir = fixtures_dir().join("hf-tiny/llama");
@@ -36,17 +36,7 @@ fn check(options: EngineOptions, tol: f32) {
         );
     }
     assert_eq!(got.len(), want.len());
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| {
-            if a.is_nan() || b.is_nan() {
-                f32::INFINITY
-            } else {
-                (a - b).abs()
-            }
-        })
-        .fold(0f32, f32::max);
+    let worst = max_abs_diff(&got, &want);
     eprintln!("{}: worst logit difference {worst:e}", engine.describe());
     assert!(
         worst < tol,

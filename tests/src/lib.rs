@@ -129,6 +129,21 @@ pub fn cases() -> anyhow::Result<Vec<Case>> {
         .collect()
 }
 
+/// The largest `|a - b|` over two equally long slices; NaN anywhere counts as infinitely far.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0f32, f32::max)
+}
+
 /// Checks teacher-forced outputs against a case: top-1 at every position, and each of the
 /// reference's top-5 logits within `tol`. `logit_of(p, id)` gives our logit for `id` at `p`;
 /// `top1(p)` our most likely id.

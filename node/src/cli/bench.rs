@@ -32,18 +32,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = s
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// One prefill of `prompt` then `gen` greedy decode steps; returns (prefill s, decode s).
 fn one_run(
     engine: &Engine,
@@ -100,7 +88,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             embed_only(&model)
         };
     let bandwidth = bytes as f64 * tg;
-    let peak = peak_rss_bytes().unwrap_or(0);
+    let peak = super::proc_kb("/proc/self/status", "VmHWM:").unwrap_or(0);
     if a.json {
         println!(
             "{}",

@@ -21,23 +21,11 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-fn mem_total_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = s
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mem = mem_total_bytes().unwrap_or(0);
+    let mem = super::proc_kb("/proc/meminfo", "MemTotal:").unwrap_or(0);
     let adapters = baton_shaders::gpu::list_adapters();
     if a.json {
         let doc = serde_json::json!({

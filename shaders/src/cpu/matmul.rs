@@ -4,8 +4,6 @@
 //! Many tokens (prefill): each thread expands a tile of rows to f32 in a buffer that stays in
 //! cache and hands it to a float GEMM, so dequantizing costs once per tile and not per token.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::dot::{block_sums, Dot};
 use super::pool::{pool, SharedOut};
 use crate::quant::{dequantize_row, QTensor};
@@ -66,12 +64,9 @@ pub fn matmul_many(ws: &[QTensor], x: &[f32], tokens: usize, ys: &mut [&mut [f32
     } else {
         x.chunks(ws[0].cols).map(block_sums).collect()
     };
-    let next = AtomicUsize::new(0);
-    pool().run(&|| {
-        let mut buf = Vec::new();
-        while let Some(&(i, r0, r1)) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
-            run_unit(&ws[i], r0, r1, gemm, x, tokens, outs[i], &sums, &mut buf);
-        }
+    pool().for_each(units.len(), Vec::new, |u, buf| {
+        let (i, r0, r1) = units[u];
+        run_unit(&ws[i], r0, r1, gemm, x, tokens, outs[i], &sums, buf);
     });
 }
 

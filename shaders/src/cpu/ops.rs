@@ -1,7 +1,5 @@
 //! The element-wise and attention kernels of a Llama block, on f32 activations `[tokens, width]`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use super::pool::{pool, SharedOut};
 
 /// From this many queries on, attention runs as matrix products.
@@ -74,40 +72,32 @@ pub fn attention(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let out_ptr = SharedOut(out.as_mut_ptr());
     let pairs = out.len() / head_dim;
-    let next = AtomicUsize::new(0);
-    pool().run(&|| {
-        let mut scores = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= pairs {
-                break;
-            }
-            // SAFETY: each (token, head) pair `i` owns the disjoint slice i·head_dim.. of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * head_dim), head_dim) };
-            let (t, h) = (i / heads, i % heads);
-            let kvh = h / group;
-            let qh = &q[i * head_dim..(i + 1) * head_dim];
-            let len = pos0 + t + 1;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for p in 0..len {
-                let kp = &k[p * kv_width + kvh * head_dim..][..head_dim];
-                let s = dot_f32(qh, kp) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                total += *s;
-            }
-            o.fill(0.0);
-            for (p, s) in scores.iter().enumerate() {
-                let vp = &v[p * kv_width + kvh * head_dim..][..head_dim];
-                let wgt = s / total;
-                for (a, b) in o.iter_mut().zip(vp) {
-                    *a += wgt * b;
-                }
+    pool().for_each(pairs, Vec::new, |i, scores: &mut Vec<f32>| {
+        // SAFETY: each (token, head) pair `i` owns the disjoint slice i·head_dim.. of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * head_dim), head_dim) };
+        let (t, h) = (i / heads, i % heads);
+        let kvh = h / group;
+        let qh = &q[i * head_dim..(i + 1) * head_dim];
+        let len = pos0 + t + 1;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for p in 0..len {
+            let kp = &k[p * kv_width + kvh * head_dim..][..head_dim];
+            let s = dot_f32(qh, kp) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        o.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            let vp = &v[p * kv_width + kvh * head_dim..][..head_dim];
+            let wgt = s / total;
+            for (a, b) in o.iter_mut().zip(vp) {
+                *a += wgt * b;
             }
         }
     });
@@ -133,14 +123,10 @@ fn attention_gemm(
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let next = AtomicUsize::new(0);
-    pool().run(&|| {
-        let mut scores = vec![0f32; tokens * len];
-        loop {
-            let h = next.fetch_add(1, Ordering::Relaxed);
-            if h >= heads {
-                break;
-            }
+    pool().for_each(
+        heads,
+        || vec![0f32; tokens * len],
+        |h, scores| {
             let kv0 = (h / group) * head_dim;
             // SAFETY: A, B and C are in bounds for the strides given: q is [tokens, q_width],
             // k and v are [len, kv_width], scores is [tokens, len]. Head h alone writes the
@@ -192,8 +178,8 @@ fn attention_gemm(
                     1,
                 );
             }
-        }
-    });
+        },
+    );
 }
 
 /// `a · b` with eight independent partial sums, which the compiler turns into vector code (a

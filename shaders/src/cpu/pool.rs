@@ -128,6 +128,29 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Calls `f(i, scratch)` for every `i` in `0..n`, shared out across the pool's threads as
+    /// they come free; each thread makes its scratch space once with `init`.
+    pub fn for_each<S>(
+        &self,
+        n: usize,
+        init: impl Fn() -> S + Sync,
+        f: impl Fn(usize, &mut S) + Sync,
+    ) {
+        let next = AtomicUsize::new(0);
+        self.run(&|| {
+            let mut scratch = init();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                f(i, &mut scratch);
+            }
+        });
+    }
+}
+
 fn worker(s: &Shared) {
     // Workers exist before the first job, whose epoch is 1.
     let mut seen = 0;
