@@ -62,6 +62,10 @@ pub enum RunError {
     Gpu(#[from] baton_shaders::gpu::GpuError),
     #[error("{0}")]
     Backend(String),
+    #[error(
+        "this build has no {0} backend; use --backend wgpu (any Vulkan, Metal or DX12 GPU) or cpu"
+    )]
+    NotCompiled(&'static str),
 }
 
 /// Either kind of failure, for calls that load and then run.

@@ -16,6 +16,8 @@ pub enum BackendChoice {
     Auto,
     Cpu,
     Wgpu,
+    /// NVIDIA GPUs through CUDA: not in this build yet.
+    Cuda,
 }
 
 /// `--kv-dtype`: how a GPU keeps the KV cache. The CPU keeps f32.
@@ -76,6 +78,7 @@ impl Engine {
     ) -> Result<Self, Error> {
         let gpu = match options.backend {
             BackendChoice::Cpu => None,
+            BackendChoice::Cuda => return Err(RunError::NotCompiled("cuda").into()),
             // `auto` never settles for a software adapter.
             BackendChoice::Auto => Gpu::new(&GpuOptions::default()).ok(),
             BackendChoice::Wgpu => Some(
