@@ -118,6 +118,10 @@ fn help_info_and_errors() {
         "1,99999999",
     ]);
     assert!(!ok && err.contains("99999999"), "{err}");
+    // A backend left out of the build says so.
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = run(&["eval", "--model", model, "--backend", "cuda", "--ids", "1"]);
+    assert!(!ok && err.contains("no cuda backend"), "{err}");
 
     let out = Command::new(binary("baton"))
         .arg("--help")
