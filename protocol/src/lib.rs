@@ -5,6 +5,7 @@
 
 mod span;
 mod tensor;
+pub mod wire;
 
 pub use span::{Span, SpanError, Stage};
 pub use tensor::{HiddenStates, TensorError, WireDtype};

@@ -5,11 +5,31 @@ use serde::{Deserialize, Serialize};
 
 /// The element type of hidden states sent between hops. The discriminants are wire numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
 #[repr(u8)]
 pub enum WireDtype {
     F32 = 0,
     F16 = 1,
     Bf16 = 2,
+}
+
+impl From<WireDtype> for u8 {
+    fn from(d: WireDtype) -> u8 {
+        d as u8
+    }
+}
+
+impl TryFrom<u8> for WireDtype {
+    type Error = String;
+
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(WireDtype::F32),
+            1 => Ok(WireDtype::F16),
+            2 => Ok(WireDtype::Bf16),
+            other => Err(format!("unknown wire dtype {other}")),
+        }
+    }
 }
 
 impl WireDtype {

@@ -1,0 +1,519 @@
+//! The messages of the data plane and their framing.
+//!
+//! A frame is a little-endian `u32` body length, then the body: one byte naming the message kind
+//! (explicit numbers, stable across versions) and the message encoded with bincode. The length is
+//! checked against [`MAX_FRAME_BYTES`] before anything is allocated, and bincode decodes under
+//! the same limit, so no length inside a message can make a peer allocate more.
+//!
+//! The first message each way on a connection is [`Hello`]; a peer whose version differs gets an
+//! [`ErrorCode::Version`] error and the connection closes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HiddenStates, Span, WireDtype, PROTOCOL_VERSION};
+
+/// The ALPN of Baton's QUIC connections.
+pub const ALPN: &[u8] = b"baton/1";
+
+/// The largest frame body a peer accepts: 64 MiB, room for a prefill chunk of hidden states.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Longest text field (names, messages, addresses).
+pub const MAX_TEXT: usize = 4096;
+
+/// Sampling settings, carried to the hop that holds `head`. Temperature 0 is greedy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    /// 0 keeps every token.
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Sent first, both ways.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    /// A human-readable name for logs.
+    pub name: String,
+}
+
+impl Hello {
+    pub fn new(name: impl Into<String>) -> Self {
+        Hello {
+            version: PROTOCOL_VERSION,
+            name: name.into(),
+        }
+    }
+}
+
+/// Where a hop sends what its span produces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHop {
+    /// The peer id (base58 of its public key) that the next hop's TLS certificate must prove.
+    pub peer_id: String,
+    /// Its data-plane address, `ip:port`.
+    pub addr: String,
+    pub span: Span,
+}
+
+/// Client → every hop of a route: keep a KV cache for this session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenSession {
+    pub session: u64,
+    /// The model the client routes for; a hop serving another refuses.
+    pub model_id: String,
+    /// The span the client expects this hop to run.
+    pub span: Span,
+    /// `None` on the hop that holds `head`.
+    pub next: Option<NextHop>,
+    pub sampling: Sampling,
+    pub wire_dtype: WireDtype,
+    /// The most tokens the session will hold.
+    pub max_tokens: u32,
+}
+
+/// Hop → client: the session is open.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionOpened {
+    pub session: u64,
+}
+
+/// Client → first hop: run these tokens (a prompt chunk, or one generated token).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub session: u64,
+    /// Steps of a session are numbered 0, 1, 2, …; a step out of order is refused.
+    pub seq: u64,
+    pub tokens: Vec<u32>,
+}
+
+/// Hop → next hop: the hidden states a span produced for a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    pub session: u64,
+    pub seq: u64,
+    pub hidden: HiddenStates,
+}
+
+/// Head hop → client: the token sampled at the end of a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenOut {
+    pub session: u64,
+    pub seq: u64,
+    pub token: u32,
+    /// Its log-probability under the unmodified distribution.
+    pub logprob: f32,
+}
+
+/// Why a request failed. The numbers are part of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u16", try_from = "u16")]
+pub enum ErrorCode {
+    Version = 1,
+    Malformed = 2,
+    TooLarge = 3,
+    UnknownSession = 4,
+    OutOfOrder = 5,
+    WrongSpan = 6,
+    WrongModel = 7,
+    Busy = 8,
+    Downstream = 9,
+    Internal = 10,
+}
+
+impl From<ErrorCode> for u16 {
+    fn from(c: ErrorCode) -> u16 {
+        c as u16
+    }
+}
+
+impl TryFrom<u16> for ErrorCode {
+    type Error = String;
+
+    fn try_from(v: u16) -> Result<Self, String> {
+        use ErrorCode::*;
+        [
+            Version,
+            Malformed,
+            TooLarge,
+            UnknownSession,
+            OutOfOrder,
+            WrongSpan,
+            WrongModel,
+            Busy,
+            Downstream,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+        .ok_or_else(|| format!("unknown error code {v}"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// 0 when the error concerns no session.
+    pub session: u64,
+    pub seq: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Client → hop: the session is over; free its KV cache.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Close {
+    pub session: u64,
+}
+
+/// Every message of the data plane.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    OpenSession(OpenSession),
+    SessionOpened(SessionOpened),
+    Step(Step),
+    Forward(Forward),
+    Token(TokenOut),
+    Error(ErrorMsg),
+    Close(Close),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {kind} message: {why}")]
+    Malformed { kind: &'static str, why: String },
+    #[error("{field} is {len} bytes long, more than {MAX_TEXT}")]
+    TextTooLong { field: &'static str, len: usize },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_limit::<MAX_FRAME_BYTES>()
+}
+
+impl Message {
+    /// The wire number of the message's kind.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::OpenSession(_) => 2,
+            Message::SessionOpened(_) => 3,
+            Message::Step(_) => 4,
+            Message::Forward(_) => 5,
+            Message::Token(_) => 6,
+            Message::Error(_) => 7,
+            Message::Close(_) => 8,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        kind_name(self.kind()).unwrap_or("unknown")
+    }
+
+    /// The frame body: kind byte and payload.
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = vec![self.kind()];
+        let put = |out: &mut Vec<u8>, r: Result<Vec<u8>, bincode::error::EncodeError>| {
+            // Encoding our own in-memory values into a Vec cannot fail short of running out of
+            // memory; an oversized message is refused when it is framed.
+            out.extend(r.unwrap_or_default())
+        };
+        let c = config();
+        match self {
+            Message::Hello(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::OpenSession(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::SessionOpened(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Step(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Forward(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Token(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Error(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Close(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+        }
+        out
+    }
+
+    /// A whole frame: length prefix and body. Refuses a body over the limit.
+    pub fn encode_frame(&self) -> Result<Vec<u8>, WireError> {
+        let body = self.encode_body();
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(WireError::TooLarge(body.len()));
+        }
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes a frame body. Never panics, whatever the bytes.
+    pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+        if body.len() > MAX_FRAME_BYTES {
+            return Err(WireError::TooLarge(body.len()));
+        }
+        let (&kind, payload) = body.split_first().ok_or(WireError::Empty)?;
+        let name = kind_name(kind).ok_or(WireError::UnknownKind(kind))?;
+        fn de<T: serde::de::DeserializeOwned>(
+            p: &[u8],
+            kind: &'static str,
+        ) -> Result<T, WireError> {
+            let (v, used) = bincode::serde::decode_from_slice(p, config()).map_err(|e| {
+                WireError::Malformed {
+                    kind,
+                    why: e.to_string(),
+                }
+            })?;
+            if used != p.len() {
+                return Err(WireError::Malformed {
+                    kind,
+                    why: format!("{} bytes left over", p.len() - used),
+                });
+            }
+            Ok(v)
+        }
+        let msg = match kind {
+            1 => Message::Hello(de(payload, name)?),
+            2 => Message::OpenSession(de(payload, name)?),
+            3 => Message::SessionOpened(de(payload, name)?),
+            4 => Message::Step(de(payload, name)?),
+            5 => Message::Forward(de(payload, name)?),
+            6 => Message::Token(de(payload, name)?),
+            7 => Message::Error(de(payload, name)?),
+            _ => Message::Close(de(payload, name)?),
+        };
+        msg.check_text()?;
+        Ok(msg)
+    }
+
+    fn check_text(&self) -> Result<(), WireError> {
+        let check = |field: &'static str, s: &str| {
+            if s.len() > MAX_TEXT {
+                Err(WireError::TextTooLong {
+                    field,
+                    len: s.len(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Message::Hello(h) => check("name", &h.name),
+            Message::OpenSession(o) => {
+                check("model_id", &o.model_id)?;
+                if let Some(n) = &o.next {
+                    check("next.peer_id", &n.peer_id)?;
+                    check("next.addr", &n.addr)?;
+                }
+                Ok(())
+            }
+            Message::Error(e) => check("message", &e.message),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        1 => "hello",
+        2 => "open-session",
+        3 => "session-opened",
+        4 => "step",
+        5 => "forward",
+        6 => "token",
+        7 => "error",
+        8 => "close",
+        _ => return None,
+    })
+}
+
+/// Reads the length prefix of a frame and checks it before the body is read.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+    let n = u32::from_le_bytes(prefix) as usize;
+    if n > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(n));
+    }
+    if n == 0 {
+        return Err(WireError::Empty);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dtype() -> impl Strategy<Value = WireDtype> {
+        prop_oneof![
+            Just(WireDtype::F32),
+            Just(WireDtype::F16),
+            Just(WireDtype::Bf16)
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (0u32..100, 1u32..100).prop_map(|(a, n)| Span {
+            start: a,
+            end: a + n,
+        })
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let text = "[a-zA-Z0-9 .:/]{0,40}";
+        let sampling = (0f32..2.0, 0u32..100, 0f32..1.0, any::<u64>()).prop_map(
+            |(temperature, top_k, top_p, seed)| Sampling {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            },
+        );
+        let next =
+            proptest::option::of(
+                (text, text, span()).prop_map(|(peer_id, addr, span)| NextHop {
+                    peer_id,
+                    addr,
+                    span,
+                }),
+            );
+        prop_oneof![
+            (any::<u32>(), text)
+                .prop_map(|(version, name)| Message::Hello(Hello { version, name })),
+            (
+                any::<u64>(),
+                text,
+                span(),
+                next,
+                sampling,
+                dtype(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(session, model_id, span, next, sampling, wire_dtype, max_tokens)| {
+                        Message::OpenSession(OpenSession {
+                            session,
+                            model_id,
+                            span,
+                            next,
+                            sampling,
+                            wire_dtype,
+                            max_tokens,
+                        })
+                    }
+                ),
+            any::<u64>().prop_map(|session| Message::SessionOpened(SessionOpened { session })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u32>(), 0..50)
+            )
+                .prop_map(|(session, seq, tokens)| Message::Step(Step {
+                    session,
+                    seq,
+                    tokens
+                })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(-10f32..10.0, 0..64),
+                dtype()
+            )
+                .prop_map(|(session, seq, v, d)| Message::Forward(Forward {
+                    session,
+                    seq,
+                    hidden: HiddenStates::encode(&v, 1, v.len() as u32, d)
+                })),
+            (any::<u64>(), any::<u64>(), any::<u32>(), -20f32..0.0).prop_map(
+                |(session, seq, token, logprob)| Message::Token(TokenOut {
+                    session,
+                    seq,
+                    token,
+                    logprob
+                })
+            ),
+            (any::<u64>(), any::<u64>(), 1u16..=10, text).prop_map(|(session, seq, c, message)| {
+                Message::Error(ErrorMsg {
+                    session,
+                    seq,
+                    code: ErrorCode::try_from(c).unwrap(),
+                    message,
+                })
+            }),
+            any::<u64>().prop_map(|session| Message::Close(Close { session })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(m in message()) {
+            let frame = m.encode_frame().unwrap();
+            let n = frame_len([frame[0], frame[1], frame[2], frame[3]]).unwrap();
+            prop_assert_eq!(n, frame.len() - 4);
+            prop_assert_eq!(Message::decode_body(&frame[4..]).unwrap(), m);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Message::decode_body(&body);
+        }
+
+        #[test]
+        fn truncated_or_extended_bodies_are_refused(m in message(), cut in 1usize..16) {
+            let body = m.encode_body();
+            if body.len() > cut {
+                prop_assert!(Message::decode_body(&body[..body.len() - cut]).is_err());
+            }
+            let mut longer = body.clone();
+            longer.push(0);
+            prop_assert!(Message::decode_body(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn limits_hold() {
+        assert_eq!(
+            frame_len((MAX_FRAME_BYTES as u32 + 1).to_le_bytes()),
+            Err(WireError::TooLarge(MAX_FRAME_BYTES + 1))
+        );
+        assert_eq!(frame_len([0; 4]), Err(WireError::Empty));
+        assert_eq!(Message::decode_body(&[99]), Err(WireError::UnknownKind(99)));
+        // A step claiming 2^40 tokens in a few bytes is refused without allocating them.
+        let mut body = vec![4u8, 1, 1];
+        body.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert!(matches!(
+            Message::decode_body(&body),
+            Err(WireError::Malformed { .. })
+        ));
+        let long = Message::Hello(Hello {
+            version: 1,
+            name: "x".repeat(MAX_TEXT + 1),
+        });
+        let body = long.encode_body();
+        assert!(matches!(
+            Message::decode_body(&body),
+            Err(WireError::TextTooLong { .. })
+        ));
+        assert_eq!(
+            ErrorCode::try_from(0),
+            Err("unknown error code 0".to_string())
+        );
+    }
+}
