@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_node::sampling::{Sampler, SamplingParams};
+use baton_node::sampling::{Sampler, Sampling};
 use baton_node::tokenizer::Tokenizer;
 use baton_node::{Engine, Logits, RunError, SpanInput};
 
@@ -77,14 +77,19 @@ pub fn generate(
     tok: &Tokenizer,
     prompt: &[u32],
     max_tokens: usize,
-    params: SamplingParams,
+    params: Sampling,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, RunError> {
     let start = Instant::now();
     let vocab = engine.vocab();
     let mut cache = engine.new_cache()?;
     let mut last = Vec::new();
-    engine.run_chunked(&mut cache, prompt, Logits::Last, &mut |l| last = l.to_vec())?;
+    engine.run_chunked(
+        &mut cache,
+        SpanInput::Tokens(prompt),
+        Logits::Last,
+        &mut |l| last = l.to_vec(),
+    )?;
     let mut sampler = Sampler::new(params);
     let mut stream = TextStream::new(tok);
     let mut ids = Vec::new();

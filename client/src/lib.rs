@@ -2,5 +2,7 @@
 //!
 //! - [`generate`]: a generation loop over a span engine that holds the whole model, with
 //!   streaming text and stop tokens.
+//! - [`remote`]: a session across a route of nodes over QUIC.
 
 pub mod generate;
+pub mod remote;

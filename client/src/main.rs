@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use baton_client::generate::{generate, StopReason};
-use baton_node::sampling::SamplingParams;
+use baton_node::sampling::Sampling;
 use baton_node::tokenizer::Message;
 use baton_node::{BackendChoice, Engine, ModelFile};
 use baton_protocol::Span;
@@ -57,7 +57,7 @@ struct GenerateArgs {
     top_p: f32,
     /// Sample from this many most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    top_k: u32,
     /// Random seed: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -101,7 +101,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!ids.is_empty(), "the prompt has no tokens");
     let span = Span::full(model.config.layers as u32);
     let engine = Engine::load(&model, span, a.backend.into(), &mut |_, _| {})?;
-    let params = SamplingParams {
+    let params = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,

@@ -11,8 +11,10 @@ pub mod error;
 pub mod gguf;
 pub mod llama;
 pub mod model;
+pub mod net;
 pub mod runtime;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

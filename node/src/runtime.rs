@@ -146,15 +146,55 @@ impl Engine {
     pub fn run_chunked(
         &self,
         cache: &mut Cache,
-        ids: &[u32],
+        input: SpanInput,
         logits: Logits,
         each: &mut dyn FnMut(&[f32]),
     ) -> Result<(), RunError> {
-        for chunk in ids.chunks(PREFILL_CHUNK) {
-            let out = self.forward(cache, SpanInput::Tokens(chunk), logits)?;
-            each(&out);
+        match input {
+            SpanInput::Tokens(ids) => {
+                for chunk in ids.chunks(PREFILL_CHUNK) {
+                    each(&self.forward(cache, SpanInput::Tokens(chunk), logits)?);
+                }
+            }
+            SpanInput::Hidden(h) => {
+                for chunk in h.chunks(PREFILL_CHUNK * self.hidden()) {
+                    each(&self.forward(cache, SpanInput::Hidden(chunk), logits)?);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// One step of any length, run in chunks as [`Engine::run_chunked`] does: the hidden states
+    /// of every token, or the logits of the last (`Logits::Last`) or of all.
+    pub fn run_step(
+        &self,
+        cache: &mut Cache,
+        input: SpanInput,
+        logits: Logits,
+    ) -> Result<Vec<f32>, RunError> {
+        let keep_last = logits == Logits::Last && self.has_head();
+        let mut out = Vec::new();
+        self.run_chunked(cache, input, logits, &mut |o| {
+            if keep_last {
+                out.clear();
+            }
+            out.extend_from_slice(o);
+        })?;
+        Ok(out)
+    }
+
+    pub fn has_embed(&self) -> bool {
+        each!(self, s => s.has_embed())
+    }
+
+    pub fn has_head(&self) -> bool {
+        each!(self, s => s.has_head())
+    }
+
+    /// The width of the hidden states.
+    pub fn hidden(&self) -> usize {
+        each!(self, s => s.config.hidden)
     }
 }
 

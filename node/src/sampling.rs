@@ -1,38 +1,16 @@
 //! Reading logits: greedy and random sampling (temperature, top-k, top-p, seed), the top-k of a
 //! row, log-softmax.
 
-use serde::{Deserialize, Serialize};
-
-/// How the next token is chosen. Temperature 0 is greedy.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens; 0 keeps all.
-    pub top_k: usize,
-    /// Keep the most likely tokens whose probabilities sum to `top_p`; 1 keeps all.
-    pub top_p: f32,
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-}
+pub use baton_protocol::wire::Sampling;
 
 /// A seeded sampler: the same seed and logits give the same tokens on every machine.
 pub struct Sampler {
-    params: SamplingParams,
+    params: Sampling,
     state: u64,
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams) -> Self {
+    pub fn new(params: Sampling) -> Self {
         Sampler {
             params,
             state: params.seed ^ 0x9e37_79b9_7f4a_7c15,
@@ -55,8 +33,9 @@ impl Sampler {
             return argmax(logits);
         }
         // Candidates, most likely first when a cut needs the order.
-        let mut cand: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < logits.len() {
-            top_k(logits, p.top_k)
+        let k = p.top_k as usize;
+        let mut cand: Vec<(u32, f32)> = if k > 0 && k < logits.len() {
+            top_k(logits, k)
         } else {
             logits
                 .iter()
@@ -149,26 +128,26 @@ mod tests {
     #[test]
     fn sampling_is_greedy_at_zero_and_seeded_otherwise() {
         let logits = [1.0, 2.0, 0.5, 1.9];
-        let mut s = Sampler::new(SamplingParams::default());
+        let mut s = Sampler::new(Sampling::default());
         assert_eq!(s.sample(&logits), 1);
-        let params = SamplingParams {
+        let params = Sampling {
             temperature: 1.0,
             seed: 7,
             ..Default::default()
         };
-        let draw = |p: SamplingParams| {
+        let draw = |p: Sampling| {
             let mut s = Sampler::new(p);
             (0..200).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         let a = draw(params);
         assert_eq!(a, draw(params), "same seed, same tokens");
-        assert_ne!(a, draw(SamplingParams { seed: 8, ..params }));
+        assert_ne!(a, draw(Sampling { seed: 8, ..params }));
         // Every token appears at temperature 1; top-k 2 keeps only ids 1 and 3.
         assert!((0..4).all(|id| a.contains(&id)));
-        let b = draw(SamplingParams { top_k: 2, ..params });
+        let b = draw(Sampling { top_k: 2, ..params });
         assert!(b.iter().all(|id| *id == 1 || *id == 3));
         // top-p 0.5 keeps the smallest set reaching half the mass: ids 1 and 3 here.
-        let c = draw(SamplingParams {
+        let c = draw(Sampling {
             top_p: 0.5,
             ..params
         });

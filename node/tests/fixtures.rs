@@ -10,7 +10,7 @@ fn full_logits(engine: &Engine, ids: &[u32]) -> Vec<f32> {
     let mut cache = engine.new_cache().unwrap();
     let mut out = Vec::new();
     engine
-        .run_chunked(&mut cache, ids, Logits::All, &mut |l| {
+        .run_chunked(&mut cache, SpanInput::Tokens(ids), Logits::All, &mut |l| {
             out.extend_from_slice(l)
         })
         .unwrap();

@@ -42,7 +42,12 @@ fn one_run(
     let mut cache = engine.new_cache()?;
     let t0 = Instant::now();
     let mut last = Vec::new();
-    engine.run_chunked(&mut cache, prompt, Logits::Last, &mut |l| last = l.to_vec())?;
+    engine.run_chunked(
+        &mut cache,
+        SpanInput::Tokens(prompt),
+        Logits::Last,
+        &mut |l| last = l.to_vec(),
+    )?;
     let prefill = t0.elapsed().as_secs_f64();
     let mut next = top_k(&last[last.len() - vocab..], 1)[0].0;
     let t1 = Instant::now();

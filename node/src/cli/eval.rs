@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use baton_node::sampling::{log_prob, top_k};
 use baton_node::tokenizer::Message;
-use baton_node::Logits;
+use baton_node::{Logits, SpanInput};
 use clap::Args;
 use serde_json::json;
 
@@ -75,15 +75,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut positions = Vec::with_capacity(ids.len());
     let mut nll = 0f64;
     let mut pos = 0usize;
-    engine.run_chunked(&mut cache, &ids, Logits::All, &mut |logits| {
-        for row in logits.chunks_exact(vocab) {
-            if let Some(next) = ids.get(pos + 1) {
-                nll -= log_prob(row, *next as usize) as f64;
+    engine.run_chunked(
+        &mut cache,
+        SpanInput::Tokens(&ids),
+        Logits::All,
+        &mut |logits| {
+            for row in logits.chunks_exact(vocab) {
+                if let Some(next) = ids.get(pos + 1) {
+                    nll -= log_prob(row, *next as usize) as f64;
+                }
+                positions.push(top_k(row, a.top_k));
+                pos += 1;
             }
-            positions.push(top_k(row, a.top_k));
-            pos += 1;
-        }
-    })?;
+        },
+    )?;
     let ppl = (ids.len() > 1).then(|| (nll / (ids.len() - 1) as f64).exp());
     let show = |id: u32| tokenizer.as_ref().map(|t| t.token(id)).unwrap_or_default();
     if a.json {

@@ -1,0 +1,187 @@
+//! Three nodes on loopback, each serving a third of the demo model over QUIC, chained hop to hop:
+//! greedy generation equals the whole model in one process, and bad input gets errors while the
+//! nodes keep serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_client::generate::generate;
+use baton_client::remote::{Hop, RemoteSession, SessionOptions};
+use baton_node::net::{self, generate_identity, Keypair};
+use baton_node::server::{Server, ServerOptions};
+use baton_node::{BackendChoice, Engine, ModelFile};
+use baton_protocol::wire::{ErrorCode, Hello, Message, Sampling, Step};
+use baton_protocol::{Span, WireDtype};
+use baton_tests::{cases, demo_model};
+
+const MODEL_ID: &str = "smollm2-135m-test";
+
+fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
+    let engine = Engine::load(model, span, BackendChoice::Cpu.into(), &mut |_, _| {}).unwrap();
+    let options = ServerOptions {
+        name: format!("node {span}"),
+        model_id: MODEL_ID.into(),
+        max_sessions: 8,
+    };
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let server = Server::bind(Arc::new(engine), generate_identity(), listen, options).unwrap();
+    tokio::spawn(server.clone().serve());
+    let hop = Hop {
+        peer_id: server.peer_id(),
+        addr: server.local_addr().unwrap(),
+        span,
+    };
+    (server, hop)
+}
+
+fn client() -> (quinn::Endpoint, Keypair) {
+    let key = generate_identity();
+    let endpoint = net::endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
+    (endpoint, key)
+}
+
+fn options(wire_dtype: WireDtype) -> SessionOptions {
+    SessionOptions {
+        model_id: MODEL_ID.into(),
+        sampling: Sampling::default(),
+        wire_dtype,
+        max_tokens: 512,
+        step_timeout: Duration::from_secs(60),
+    }
+}
+
+async fn remote_greedy(route: &[Hop], wire: WireDtype, prompt: &[u32], n: usize) -> Vec<u32> {
+    let (endpoint, key) = client();
+    let mut s = RemoteSession::open(&endpoint, &key, route, &options(wire))
+        .await
+        .unwrap();
+    let mut out = vec![s.step(prompt).await.unwrap().token];
+    while out.len() < n {
+        let last = *out.last().unwrap();
+        out.push(s.step(&[last]).await.unwrap().token);
+    }
+    s.close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_generate_exactly_what_one_process_does() {
+    let model = ModelFile::open(&demo_model()).unwrap();
+    let nodes: Vec<_> = [(0, 10), (10, 20), (20, 30)]
+        .iter()
+        .map(|&(a, b)| start(&model, Span::new(a, b).unwrap()))
+        .collect();
+    let route: Vec<Hop> = nodes.iter().map(|n| n.1.clone()).collect();
+    let tok = model.tokenizer().unwrap();
+    let whole = Engine::load(
+        &model,
+        Span::full(30),
+        BackendChoice::Cpu.into(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for case in cases().unwrap() {
+        let n = case.all_ids.len() - case.prompt_ids.len();
+        // f32 on the wire: the very tokens of one process.
+        let local = generate(
+            &whole,
+            &tok,
+            &case.prompt_ids,
+            n,
+            Sampling::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let remote = remote_greedy(&route, WireDtype::F32, &case.prompt_ids, local.ids.len()).await;
+        assert_eq!(remote, local.ids, "{}: f32 wire", case.name);
+        // f16 on the wire (the default): the reference's greedy continuation.
+        let remote = remote_greedy(&route, WireDtype::F16, &case.prompt_ids, n).await;
+        assert_eq!(
+            remote,
+            case.all_ids[case.prompt_ids.len()..],
+            "{}: f16 wire",
+            case.name
+        );
+    }
+    // Sessions were closed: the nodes hold none.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (server, _) in &nodes {
+        assert_eq!(server.open_sessions(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
+    let model = ModelFile::open(&demo_model()).unwrap();
+    let (_server, hop) = start(&model, Span::full(30));
+    let (endpoint, key) = client();
+
+    // A peer whose key is not the one its record names is refused.
+    let impostor = generate_identity().public().to_peer_id();
+    assert!(net::connect(&endpoint, &key, hop.addr, impostor)
+        .await
+        .is_err());
+
+    // A good session, kept open while a second stream misbehaves on the same node.
+    let route = [hop.clone()];
+    let mut good = RemoteSession::open(&endpoint, &key, &route, &options(WireDtype::F16))
+        .await
+        .unwrap();
+    let prompt = &cases().unwrap()[0].prompt_ids;
+    let first = good.step(prompt).await.unwrap().token;
+
+    let conn = net::connect(&endpoint, &key, hop.addr, hop.peer_id)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    net::write_msg(&mut send, &Message::Hello(Hello::new("tester")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        net::read_msg(&mut recv).await.unwrap(),
+        Some(Message::Hello(_))
+    ));
+    let code = |m: Option<Message>| match m {
+        Some(Message::Error(e)) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    // Garbage in a well-formed frame.
+    send.write_all(&[5, 0, 0, 0, 99, 1, 2, 3, 4]).await.unwrap();
+    assert_eq!(
+        code(net::read_msg(&mut recv).await.unwrap()),
+        ErrorCode::Malformed
+    );
+    // A step for a session that does not exist, and one out of order for the good session.
+    let step = |session, seq| {
+        Message::Step(Step {
+            session,
+            seq,
+            tokens: vec![1],
+        })
+    };
+    net::write_msg(&mut send, &step(12345, 0)).await.unwrap();
+    assert_eq!(
+        code(net::read_msg(&mut recv).await.unwrap()),
+        ErrorCode::UnknownSession
+    );
+    net::write_msg(&mut send, &step(good.id, 7)).await.unwrap();
+    assert_eq!(
+        code(net::read_msg(&mut recv).await.unwrap()),
+        ErrorCode::OutOfOrder
+    );
+    // An oversized frame is refused before its body is read.
+    send.write_all(&(1u32 << 30).to_le_bytes()).await.unwrap();
+    assert_eq!(
+        code(net::read_msg(&mut recv).await.unwrap()),
+        ErrorCode::TooLarge
+    );
+
+    // The good session goes on as if nothing happened.
+    let second = good.step(&[first]).await.unwrap();
+    assert_eq!(second.seq, 1);
+    let want = &cases().unwrap()[0];
+    let p = want.prompt_ids.len();
+    assert_eq!([first, second.token], want.all_ids[p..p + 2]);
+    good.close().await;
+}
