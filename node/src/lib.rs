@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dht;
 pub mod error;
 pub mod gguf;
 pub mod llama;

@@ -3,6 +3,7 @@
 //! This crate does no I/O and knows nothing of GPUs. Everything that decodes bytes from a peer
 //! returns a typed error instead of panicking, and bounds every length before allocating.
 
+pub mod record;
 mod span;
 mod tensor;
 pub mod wire;
