@@ -45,6 +45,7 @@ async fn main() {
             name: format!("bench {span}"),
             model_id: "bench".into(),
             max_sessions: 4,
+            model_info: None,
         };
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let s = Server::bind(Arc::new(load(span)), generate_identity(), listen, options).unwrap();

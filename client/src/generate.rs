@@ -125,3 +125,49 @@ pub fn generate(
         stop,
     })
 }
+
+/// Generates along a swarm session, as [`generate`] does in one process: the hop holding
+/// `head` samples with the session's settings.
+pub async fn generate_remote(
+    session: &mut crate::remote::RemoteSession,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    max_tokens: usize,
+    context: usize,
+    on_text: &mut (dyn FnMut(&str) + Send),
+) -> Result<Generation, baton_node::net::NetError> {
+    let start = Instant::now();
+    let mut stream = TextStream::new(tok);
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut next = session.step(prompt).await?.token;
+    let ttft = start.elapsed();
+    let mut pos = prompt.len();
+    let stop = loop {
+        if tok.stop_ids.contains(&next) {
+            break StopReason::EndOfTurn;
+        }
+        ids.push(next);
+        let piece = stream.push(next);
+        if !piece.is_empty() {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        if ids.len() >= max_tokens {
+            break StopReason::Length;
+        }
+        if pos >= context {
+            break StopReason::Context;
+        }
+        next = session.step(&[next]).await?.token;
+        pos += 1;
+    };
+    Ok(Generation {
+        ids,
+        text,
+        prompt_tokens: prompt.len(),
+        time_to_first_token: ttft,
+        decode_time: start.elapsed().saturating_sub(ttft),
+        stop,
+    })
+}

@@ -23,6 +23,7 @@ fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
         name: format!("node {span}"),
         model_id: MODEL_ID.into(),
         max_sessions: 8,
+        model_info: None,
     };
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(Arc::new(engine), generate_identity(), listen, options).unwrap();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dht;
 pub mod error;
 pub mod gguf;
+pub mod join;
 pub mod llama;
 pub mod model;
 pub mod net;

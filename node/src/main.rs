@@ -28,22 +28,30 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// List the compute backends and devices found on this machine.
     Info(cli::info::InfoArgs),
+    /// Join a swarm (or start one) and serve a span of a model's blocks to it.
+    Join(cli::join::JoinArgs),
 }
 
 fn main() {
     baton_node::quiet_gpu_probe();
+    let cli = Cli::parse();
+    // A serving node says what it does; the one-shot commands keep quiet.
+    let level = match cli.command {
+        Command::Join(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(a) => cli::eval::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Join(a) => cli::join::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -13,6 +13,15 @@ use crate::error::LoadError;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
+/// A model's id: a hash committing to its tokenizer and to the content of its weights, so that
+/// two different files never share one, and a client can check a tokenizer a node sends it.
+pub fn model_id(tokenizer: &baton_protocol::wire::TokenizerSpec, content_hash: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(blake3::hash(&tokenizer.canonical_bytes()).as_bytes());
+    h.update(content_hash.as_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
 /// A tensor inside a memory-mapped file, in its stored format.
 #[derive(Clone)]
 pub struct TensorRef {
@@ -171,6 +180,43 @@ impl ModelFile {
     /// Bytes of every weight, the quantity one decode step reads.
     pub fn weight_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.len).sum()
+    }
+
+    /// BLAKE3 of the bytes of the model's files (for a folder: `config.json`, then the shards
+    /// in name order), hex.
+    pub fn content_hash(&self) -> Result<String, LoadError> {
+        let mut h = blake3::Hasher::new();
+        let files = match self.format {
+            Format::Gguf => vec![self.path.clone()],
+            Format::HuggingFace => {
+                let mut f = vec![self.path.join("config.json")];
+                f.extend(hf_shards(&self.path)?);
+                f
+            }
+        };
+        for f in files {
+            let file = std::fs::File::open(&f).map_err(|source| LoadError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            // SAFETY: read-only map, as in `GgufFile::open`.
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            h.update(&map);
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// A readable name: the file name without `.gguf`, or the folder's name.
+    pub fn name(&self) -> String {
+        let n = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        n.strip_suffix(".gguf").map(String::from).unwrap_or(n)
     }
 
     pub fn gguf(&self) -> Option<&GgufFile> {

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use baton_protocol::wire::{
-    ErrorCode, ErrorMsg, Forward, Hello, Message, NextHop, OpenSession, SessionOpened, TokenOut,
-    WireError, MAX_FRAME_BYTES,
+    ErrorCode, ErrorMsg, Forward, Hello, Message, ModelInfo, NextHop, OpenSession, SessionOpened,
+    TokenOut, WireError, MAX_FRAME_BYTES,
 };
 use baton_protocol::{HiddenStates, Span, WireDtype, PROTOCOL_VERSION};
 use tokio::sync::Mutex as AsyncMutex;
@@ -34,6 +34,8 @@ pub struct ServerOptions {
     pub name: String,
     pub model_id: String,
     pub max_sessions: usize,
+    /// What the node answers `GetModelInfo` with; only a span holding `embed` needs it.
+    pub model_info: Option<ModelInfo>,
 }
 
 struct Session {
@@ -101,6 +103,15 @@ impl Server {
 
     pub fn span(&self) -> Span {
         self.engine.span()
+    }
+
+    pub fn max_sessions(&self) -> usize {
+        self.options.max_sessions
+    }
+
+    /// The model's context length: the KV tokens one session may take.
+    pub fn context(&self) -> usize {
+        self.engine.context()
     }
 
     pub fn open_sessions(&self) -> usize {
@@ -213,6 +224,22 @@ impl Server {
                     }
                     Ok(())
                 }
+                Message::GetModelInfo(g) => match &self.options.model_info {
+                    Some(info) if info.model_id == g.model_id => {
+                        Self::reply(&send, Message::ModelInfo(info.clone())).await;
+                        Ok(())
+                    }
+                    Some(_) => {
+                        let msg = format!("this node serves {}", self.options.model_id);
+                        Err(error(0, 0, ErrorCode::WrongModel, msg))
+                    }
+                    None => Err(error(
+                        0,
+                        0,
+                        ErrorCode::WrongSpan,
+                        "this node does not hold embed",
+                    )),
+                },
                 other => Err(error(
                     0,
                     0,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use baton_protocol::wire::TokenizerSpec;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
@@ -181,6 +182,34 @@ impl Tokenizer {
                 }
             }
         }
+    }
+
+    /// Everything about the tokenizer that a client needs, to send over the wire.
+    pub fn to_spec(&self) -> Result<TokenizerSpec, String> {
+        Ok(TokenizerSpec {
+            tokenizer_json: self.inner.to_string(false).map_err(|e| e.to_string())?,
+            chat_template: self.chat_template.clone(),
+            bos: self.bos.clone(),
+            eos: self.eos.clone(),
+            add_bos: self.add_bos,
+            stop_ids: self.stop_ids.clone(),
+        })
+    }
+
+    /// The tokenizer a node described with [`Tokenizer::to_spec`].
+    pub fn from_spec(spec: &TokenizerSpec) -> Result<Self, String> {
+        let inner: tokenizers::Tokenizer = spec
+            .tokenizer_json
+            .parse()
+            .map_err(|e| format!("the tokenizer does not load: {e}"))?;
+        Ok(Tokenizer {
+            inner,
+            chat_template: spec.chat_template.clone(),
+            bos: spec.bos.clone(),
+            eos: spec.eos.clone(),
+            add_bos: spec.add_bos,
+            stop_ids: spec.stop_ids.clone(),
+        })
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised.

@@ -178,6 +178,48 @@ pub struct Close {
     pub session: u64,
 }
 
+/// Client → a hop holding `embed`: what a client needs to tokenize for the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetModelInfo {
+    pub model_id: String,
+}
+
+/// How a model turns text into ids: its tokenizer (Hugging Face `tokenizer.json`), chat template
+/// and special tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    pub tokenizer_json: String,
+    pub chat_template: Option<String>,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    /// The id put before every prompt, if the model wants one.
+    pub add_bos: Option<u32>,
+    /// Ids that end a turn.
+    pub stop_ids: Vec<u32>,
+}
+
+/// Largest chat template accepted.
+pub const MAX_TEMPLATE: usize = 256 << 10;
+
+impl TokenizerSpec {
+    /// The bytes a model id commits to.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, config()).unwrap_or_default()
+    }
+}
+
+/// Hop → client: the model's tokenizer and shape. The client checks it against the model id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub model_id: String,
+    /// Hash of the weights' files; the model id commits to it and to the tokenizer.
+    pub content_hash: String,
+    pub tokenizer: TokenizerSpec,
+    pub blocks: u32,
+    pub vocab: u32,
+    pub context: u32,
+}
+
 /// Every message of the data plane.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
@@ -189,6 +231,8 @@ pub enum Message {
     Token(TokenOut),
     Error(ErrorMsg),
     Close(Close),
+    GetModelInfo(GetModelInfo),
+    ModelInfo(ModelInfo),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -223,6 +267,8 @@ impl Message {
             Message::Token(_) => 6,
             Message::Error(_) => 7,
             Message::Close(_) => 8,
+            Message::GetModelInfo(_) => 9,
+            Message::ModelInfo(_) => 10,
         }
     }
 
@@ -248,6 +294,8 @@ impl Message {
             Message::Token(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
             Message::Error(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
             Message::Close(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::GetModelInfo(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::ModelInfo(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
         }
         out
     }
@@ -297,7 +345,9 @@ impl Message {
             5 => Message::Forward(de(payload, name)?),
             6 => Message::Token(de(payload, name)?),
             7 => Message::Error(de(payload, name)?),
-            _ => Message::Close(de(payload, name)?),
+            8 => Message::Close(de(payload, name)?),
+            9 => Message::GetModelInfo(de(payload, name)?),
+            _ => Message::ModelInfo(de(payload, name)?),
         };
         msg.check_text()?;
         Ok(msg)
@@ -325,6 +375,28 @@ impl Message {
                 Ok(())
             }
             Message::Error(e) => check("message", &e.message),
+            Message::GetModelInfo(g) => check("model_id", &g.model_id),
+            Message::ModelInfo(m) => {
+                check("model_id", &m.model_id)?;
+                check("content_hash", &m.content_hash)?;
+                let t = &m.tokenizer;
+                check("bos", t.bos.as_deref().unwrap_or(""))?;
+                check("eos", t.eos.as_deref().unwrap_or(""))?;
+                let template = t.chat_template.as_deref().unwrap_or("");
+                if template.len() > MAX_TEMPLATE {
+                    return Err(WireError::TextTooLong {
+                        field: "chat_template",
+                        len: template.len(),
+                    });
+                }
+                if t.stop_ids.len() > 64 {
+                    return Err(WireError::TextTooLong {
+                        field: "stop_ids",
+                        len: t.stop_ids.len(),
+                    });
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -340,6 +412,8 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         6 => "token",
         7 => "error",
         8 => "close",
+        9 => "get-model-info",
+        10 => "model-info",
         _ => return None,
     })
 }
@@ -458,6 +532,31 @@ mod tests {
                 })
             }),
             any::<u64>().prop_map(|session| Message::Close(Close { session })),
+            text.prop_map(|model_id| Message::GetModelInfo(GetModelInfo { model_id })),
+            (
+                text,
+                text,
+                proptest::option::of(text),
+                proptest::collection::vec(any::<u32>(), 0..4),
+                any::<u32>()
+            )
+                .prop_map(|(model_id, json, template, stop_ids, blocks)| {
+                    Message::ModelInfo(ModelInfo {
+                        model_id,
+                        content_hash: "ab".into(),
+                        tokenizer: TokenizerSpec {
+                            tokenizer_json: json,
+                            chat_template: template,
+                            bos: None,
+                            eos: Some("</s>".into()),
+                            add_bos: None,
+                            stop_ids,
+                        },
+                        blocks,
+                        vocab: 7,
+                        context: 9,
+                    })
+                }),
         ]
     }
 

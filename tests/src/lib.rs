@@ -180,3 +180,80 @@ pub fn check_case(
     }
     Ok(worst)
 }
+
+/// A `baton-node join` process, killed when dropped.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    /// The multiaddr it printed for others to `--bootstrap` from.
+    pub bootstrap: String,
+    /// Its first line: who it is and what it serves.
+    pub banner: String,
+}
+
+impl NodeProcess {
+    /// Starts `baton-node join` with `args` on loopback and waits until it serves.
+    pub fn start(args: &[&str]) -> anyhow::Result<NodeProcess> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(binary("baton-node"))
+            .arg("join")
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut banner = String::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    bail!("baton-node join {args:?} did not start");
+                }
+            };
+            if banner.is_empty() {
+                banner = line.clone();
+            }
+            if let Some(addr) = line.strip_prefix("join this swarm with: --bootstrap ") {
+                return Ok(NodeProcess {
+                    child,
+                    bootstrap: addr.trim().to_string(),
+                    banner,
+                });
+            }
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `baton` with `args`: (success, stdout, stderr).
+pub fn baton(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binary("baton"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("running baton");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod info;
+pub mod join;
 
 use std::path::{Path, PathBuf};
 
@@ -64,17 +65,23 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bar shown while a model's tensors load (hidden when stderr is not a terminal).
+pub fn progress_bar(path: &Path) -> ProgressBar {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("loading {}", path.display()));
+    bar
+}
+
 pub fn load_span(
     model: &ModelFile,
     span: Span,
     options: EngineOptions,
     path: &Path,
 ) -> anyhow::Result<Engine> {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("loading {}", path.display()));
+    let bar = progress_bar(path);
     let engine = Engine::load(model, span, options, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

@@ -1,0 +1,198 @@
+//! `baton generate`: a completion, along a swarm or on this machine.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton_client::generate::{generate, generate_remote, Generation, StopReason};
+use baton_client::remote::SessionOptions;
+use baton_client::swarm::{hop_of, SwarmClient};
+use baton_node::sampling::Sampling;
+use baton_node::tokenizer::{Message, Tokenizer};
+use baton_node::{BackendChoice, Engine, ModelFile};
+use baton_protocol::{Span, WireDtype};
+use clap::Args;
+use libp2p::Multiaddr;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A node of the swarm to generate with, as it printed itself (…/p2p/<peer id>).
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// With --bootstrap: the model's name or id (default: the only one the swarm serves).
+    /// Without: a GGUF file or Hugging Face folder to run on this machine.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Treat the prompt as a user message and apply the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// The most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy; higher is more random.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample from the most likely tokens whose probabilities sum to this.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sample from this many most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// With --bootstrap: how hidden states travel between nodes.
+    #[arg(long, default_value = "f16")]
+    pub wire_dtype: WireDtype,
+    /// Without --bootstrap: where to compute (`auto` picks a real GPU when there is one).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Without --bootstrap: CPU threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print timing to stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+impl GenerateArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.temperature >= 0.0, "--temperature must be 0 or more");
+        anyhow::ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "--top-p must be in (0, 1]"
+        );
+        Ok(())
+    }
+
+    fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+
+    /// The prompt's ids, through the chat template with --chat.
+    fn prompt_ids(&self, tok: &Tokenizer) -> anyhow::Result<Vec<u32>> {
+        let text = if self.chat {
+            let mut messages = Vec::new();
+            if let Some(s) = &self.system {
+                messages.push(Message {
+                    role: "system".into(),
+                    content: s.clone(),
+                });
+            }
+            messages.push(Message {
+                role: "user".into(),
+                content: self.prompt.clone(),
+            });
+            tok.apply_chat_template(&messages, true)
+                .map_err(anyhow::Error::msg)?
+        } else {
+            self.prompt.clone()
+        };
+        let ids = tok.encode(&text).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(!ids.is_empty(), "the prompt has no tokens");
+        Ok(ids)
+    }
+}
+
+fn print_piece(piece: &str) {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(piece.as_bytes());
+    let _ = out.flush();
+}
+
+fn report(g: &Generation, stats: bool, backend: &str) {
+    println!();
+    if stats {
+        eprintln!(
+            "{} prompt tokens, {} generated ({}), time to first token {:.0} ms, decode {:.1} tokens/s, {backend}",
+            g.prompt_tokens,
+            g.ids.len(),
+            match g.stop {
+                StopReason::EndOfTurn => "end of turn",
+                StopReason::Length => "max tokens",
+                StopReason::Context => "context full",
+            },
+            g.time_to_first_token.as_secs_f64() * 1e3,
+            g.decode_tokens_per_s(),
+        );
+    }
+}
+
+pub fn run_local(a: GenerateArgs) -> anyhow::Result<()> {
+    a.check()?;
+    let path = a
+        .model
+        .as_deref()
+        .context("give --model PATH to run on this machine, or --bootstrap ADDR to use a swarm")?;
+    if let Some(n) = a.threads {
+        baton_node::set_threads(n)?;
+    }
+    let model = ModelFile::open(Path::new(path))?;
+    let tok = model.tokenizer()?;
+    let ids = a.prompt_ids(&tok)?;
+    let span = Span::full(model.config.layers as u32);
+    let engine = Engine::load(&model, span, a.backend.into(), &mut |_, _| {})?;
+    let g = generate(
+        &engine,
+        &tok,
+        &ids,
+        a.max_tokens,
+        a.sampling(),
+        &mut print_piece,
+    )
+    .context("generation failed")?;
+    report(&g, a.stats, &engine.describe());
+    Ok(())
+}
+
+pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
+    a.check()?;
+    let client = SwarmClient::connect(a.bootstrap.clone()).await?;
+    let (id, route) = client.route(a.model.as_deref()).await?;
+    let first = route.first().context("an empty route")?;
+    let (info, tok) = client.tokenizer(&hop_of(&first.record)?, &id).await?;
+    let ids = a.prompt_ids(&tok)?;
+    let context = info.context as usize;
+    anyhow::ensure!(
+        ids.len() < context,
+        "the prompt's {} tokens fill the model's context of {context}",
+        ids.len()
+    );
+    let options = SessionOptions {
+        model_id: id,
+        sampling: a.sampling(),
+        wire_dtype: a.wire_dtype,
+        max_tokens: (ids.len() + a.max_tokens).min(context) as u32,
+        step_timeout: Duration::from_secs(60),
+    };
+    let mut session = client.open(&route, &options).await?;
+    let g = generate_remote(
+        &mut session,
+        &tok,
+        &ids,
+        a.max_tokens,
+        context,
+        &mut print_piece,
+    )
+    .await
+    .context("generation failed")?;
+    session.close().await;
+    let hops: Vec<String> = route
+        .iter()
+        .map(|h| format!("{} {}", h.record.name, h.record.span))
+        .collect();
+    report(&g, a.stats, &format!("route: {}", hops.join(" -> ")));
+    Ok(())
+}

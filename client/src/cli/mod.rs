@@ -1,0 +1,4 @@
+//! The subcommands of `baton`.
+
+pub mod generate;
+pub mod swarm;

@@ -1,0 +1,208 @@
+//! Route planning: the cheapest chain of spans that covers every stage exactly once.
+//!
+//! A shortest path over block boundaries: from boundary `b`, a node whose span starts at `b`
+//! leads to its end. The cost of a hop is its measured round-trip time, plus the compute time of
+//! its span from its record, plus a penalty when it has no KV room left; replicas of a span are
+//! alternatives, and of two routes of equal cost the one with fewer hops wins.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton_protocol::record::NodeRecord;
+use baton_protocol::Stage;
+
+/// Added to a hop that reports no free KV tokens: it will likely refuse the session.
+const NO_ROOM_PENALTY: f64 = 1.0;
+/// Assumed for a node whose round-trip time is unknown.
+const UNKNOWN_RTT: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Debug)]
+pub struct PlannedHop {
+    pub record: NodeRecord,
+    pub rtt: Duration,
+    /// Seconds a decode step spends on this hop: its round trip plus its compute.
+    pub expected: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no node serves the model")]
+    NoNodes,
+    #[error("no node serves {}", .0.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))]
+    Uncovered(Vec<Stage>),
+    #[error("every stage is served, but no chain of spans covers the model from start to end")]
+    NoChain,
+}
+
+fn hop_cost(r: &NodeRecord, rtt: Duration) -> f64 {
+    let compute = if r.tokens_per_s > 0.0 {
+        1.0 / r.tokens_per_s as f64
+    } else {
+        1.0
+    };
+    let penalty = if r.kv_tokens_free == 0 {
+        NO_ROOM_PENALTY
+    } else {
+        0.0
+    };
+    rtt.as_secs_f64() + compute + penalty
+}
+
+/// The stages no record serves.
+pub fn uncovered(records: &[NodeRecord], blocks: u32) -> Vec<Stage> {
+    let mut served = vec![false; blocks as usize];
+    for r in records {
+        for b in r.span.start..r.span.end.min(blocks) {
+            served[b as usize] = true;
+        }
+    }
+    let mut out = Vec::new();
+    if !served.first().copied().unwrap_or(false) {
+        out.push(Stage::Embed);
+    }
+    out.extend(
+        (0..blocks)
+            .filter(|b| !served[*b as usize])
+            .map(Stage::Block),
+    );
+    if !served.last().copied().unwrap_or(false) {
+        out.push(Stage::Head);
+    }
+    out
+}
+
+/// Plans a route over `records` (one model, `blocks` blocks) with the measured `rtt` per peer id.
+pub fn plan(
+    records: &[NodeRecord],
+    blocks: u32,
+    rtt: &HashMap<String, Duration>,
+) -> Result<Vec<PlannedHop>, RouteError> {
+    if records.is_empty() {
+        return Err(RouteError::NoNodes);
+    }
+    let missing = uncovered(records, blocks);
+    if !missing.is_empty() {
+        return Err(RouteError::Uncovered(missing));
+    }
+    let n = blocks as usize;
+    // best[b]: (cost, hops, the hop that arrives at b and where it came from)
+    let mut best: Vec<Option<(f64, usize, usize, usize)>> = vec![None; n + 1];
+    best[0] = Some((0.0, 0, usize::MAX, 0));
+    for b in 0..n {
+        let Some((cost, hops, _, _)) = best[b] else {
+            continue;
+        };
+        for (i, r) in records.iter().enumerate() {
+            if r.span.start as usize != b || r.span.end as usize > n || r.span.end as usize <= b {
+                continue;
+            }
+            let e = r.span.end as usize;
+            let c = cost + hop_cost(r, rtt.get(&r.peer_id).copied().unwrap_or(UNKNOWN_RTT));
+            let better = match best[e] {
+                None => true,
+                Some((bc, bh, _, _)) => {
+                    c < bc - 1e-12 || ((c - bc).abs() <= 1e-12 && hops + 1 < bh)
+                }
+            };
+            if better {
+                best[e] = Some((c, hops + 1, i, b));
+            }
+        }
+    }
+    let mut route = Vec::new();
+    let mut at = n;
+    while at > 0 {
+        let Some((_, _, i, from)) = best[at] else {
+            return Err(RouteError::NoChain);
+        };
+        let r = &records[i];
+        let t = rtt.get(&r.peer_id).copied().unwrap_or(UNKNOWN_RTT);
+        route.push(PlannedHop {
+            record: r.clone(),
+            rtt: t,
+            expected: hop_cost(r, t),
+        });
+        at = from;
+    }
+    route.reverse();
+    Ok(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_protocol::{Span, PROTOCOL_VERSION};
+
+    fn rec(peer: &str, a: u32, b: u32, tps: f32) -> NodeRecord {
+        NodeRecord {
+            peer_id: peer.into(),
+            addrs: vec![],
+            model_id: "m".into(),
+            model_name: "m".into(),
+            span: Span { start: a, end: b },
+            blocks: 30,
+            backend: "cpu".into(),
+            device: "cpu".into(),
+            memory_total: 0,
+            memory_free: 0,
+            tokens_per_s: tps,
+            kv_tokens_free: 1000,
+            protocol_version: PROTOCOL_VERSION,
+            name: peer.into(),
+            expires_unix: u64::MAX,
+        }
+    }
+
+    fn peers(route: &[PlannedHop]) -> Vec<&str> {
+        route.iter().map(|h| h.record.peer_id.as_str()).collect()
+    }
+
+    #[test]
+    fn prefers_fewer_hops_and_faster_replicas() {
+        let rtt = HashMap::from([
+            ("a".to_string(), Duration::from_millis(20)),
+            ("b".into(), Duration::from_millis(20)),
+            ("c".into(), Duration::from_millis(20)),
+            ("w".into(), Duration::from_millis(20)),
+        ]);
+        // Three thirds at the speed of one whole: the whole wins (one round trip, not three).
+        let recs = vec![
+            rec("a", 0, 10, 300.0),
+            rec("b", 10, 20, 300.0),
+            rec("c", 20, 30, 300.0),
+            rec("w", 0, 30, 100.0),
+        ];
+        assert_eq!(peers(&plan(&recs, 30, &rtt).unwrap()), ["w"]);
+        // A much slower whole loses to the chain.
+        let recs = vec![
+            rec("a", 0, 10, 300.0),
+            rec("b", 10, 20, 300.0),
+            rec("c", 20, 30, 300.0),
+            rec("w", 0, 30, 5.0),
+        ];
+        assert_eq!(peers(&plan(&recs, 30, &rtt).unwrap()), ["a", "b", "c"]);
+        // Of two replicas, the faster; one without KV room is avoided.
+        let mut full = rec("b", 10, 30, 500.0);
+        full.kv_tokens_free = 0;
+        let recs = vec![rec("a", 0, 10, 300.0), full, rec("c", 10, 30, 100.0)];
+        assert_eq!(peers(&plan(&recs, 30, &rtt).unwrap()), ["a", "c"]);
+    }
+
+    #[test]
+    fn reports_what_is_missing() {
+        let none = HashMap::new();
+        assert_eq!(plan(&[], 30, &none).unwrap_err(), RouteError::NoNodes);
+        let recs = vec![rec("a", 0, 10, 1.0), rec("c", 20, 30, 1.0)];
+        let err = plan(&recs, 30, &none).unwrap_err();
+        assert_eq!(
+            err,
+            RouteError::Uncovered((10..20).map(Stage::Block).collect())
+        );
+        let recs = vec![rec("a", 0, 10, 1.0), rec("b", 5, 30, 1.0)];
+        assert_eq!(plan(&recs, 30, &none).unwrap_err(), RouteError::NoChain);
+        assert_eq!(
+            uncovered(&[rec("x", 1, 29, 1.0)], 30),
+            vec![Stage::Embed, Stage::Block(0), Stage::Block(29), Stage::Head]
+        );
+    }
+}

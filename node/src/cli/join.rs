@@ -1,0 +1,98 @@
+//! `baton-node join`: serve a span of a model to a swarm.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use baton_node::join::{join, JoinOptions, SpanChoice};
+use baton_node::net::{generate_identity, load_or_create_identity};
+use baton_node::EngineOptions;
+use clap::Args;
+use libp2p::Multiaddr;
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The blocks to serve: `A..B` (half-open; a span from 0 also serves the embedding, one to
+    /// the last block the head), or `auto` to fill the least-served part of the swarm.
+    #[arg(long, default_value = "auto")]
+    pub span: SpanChoice,
+    /// With `--span auto`: serve at most this many blocks.
+    #[arg(long)]
+    pub max_blocks: Option<u32>,
+    /// The control plane's TCP address; the data plane (QUIC) listens on the same IP.
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Multiaddr,
+    /// A node of the swarm to join, as the first node printed it (…/p2p/<peer id>). Without it
+    /// the node starts a new swarm.
+    #[arg(long)]
+    pub bootstrap: Vec<Multiaddr>,
+    /// The node's key, kept so that a restarted node keeps its peer id (made if absent).
+    /// Default: a new key for each run.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// A name for logs and `baton swarm`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Sessions held at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_sessions: usize,
+}
+
+pub fn run(a: JoinArgs) -> anyhow::Result<()> {
+    super::set_threads(a.model.threads)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(a))
+}
+
+async fn serve(a: JoinArgs) -> anyhow::Result<()> {
+    let key = match &a.identity {
+        Some(path) => load_or_create_identity(path)?,
+        None => generate_identity(),
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        let id = key.public().to_peer_id().to_string();
+        format!("node-{}", &id[id.len() - 6..])
+    });
+    let options = JoinOptions {
+        model: a.model.model.clone(),
+        span: a.span,
+        engine: EngineOptions {
+            backend: a.model.backend,
+            kv_dtype: a.model.kv_dtype,
+        },
+        listen: a.listen.clone(),
+        bootstrap: a.bootstrap.clone(),
+        name: name.clone(),
+        max_blocks: a.max_blocks,
+        max_sessions: a.max_sessions,
+    };
+    let bar = super::progress_bar(&a.model.model);
+    let node = join(options, key, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let r = &node.record;
+    println!(
+        "{name} ({}) serves blocks {} of {} ({} blocks, model id {}) on {}, {:.1} tokens/s",
+        r.peer_id, r.span, r.model_name, r.blocks, r.model_id, r.backend, r.tokens_per_s
+    );
+    println!("data plane (QUIC): {}", r.addrs.join(", "));
+    for addr in &node.bootstrap_addrs {
+        println!("join this swarm with: --bootstrap {addr}");
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("{name}: shutting down");
+    node.server.shutdown();
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! A node joining a swarm: choose a span, load it, measure it, serve it over QUIC and announce it
+//! on the DHT, refreshing the announcement until the node stops.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use baton_protocol::record::NodeRecord;
+use baton_protocol::wire::ModelInfo;
+use baton_protocol::{Span, PROTOCOL_VERSION};
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use tracing::{info, warn};
+
+use crate::dht::{self, Dht, DhtError, RECORD_TTL, REPUBLISH};
+use crate::model::{model_id, ModelFile};
+use crate::net::{Keypair, NetError};
+use crate::runtime::{Engine, EngineOptions};
+use crate::server::{Server, ServerOptions};
+use crate::{Error, Logits, SpanInput};
+
+/// `--span`: a fixed block range, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanChoice {
+    Auto,
+    Fixed(Span),
+}
+
+impl std::str::FromStr for SpanChoice {
+    type Err = baton_protocol::SpanError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            Ok(SpanChoice::Auto)
+        } else {
+            s.parse().map(SpanChoice::Fixed)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    pub model: PathBuf,
+    pub span: SpanChoice,
+    pub engine: EngineOptions,
+    /// The control plane's TCP address; the data plane listens on the same IP.
+    pub listen: Multiaddr,
+    pub bootstrap: Vec<Multiaddr>,
+    pub name: String,
+    /// With `--span auto`: take at most this many blocks.
+    pub max_blocks: Option<u32>,
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Model(#[from] Error),
+    #[error(transparent)]
+    Load(#[from] crate::LoadError),
+    #[error(transparent)]
+    Dht(#[from] DhtError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct RunningNode {
+    pub server: Arc<Server>,
+    pub dht: Dht,
+    pub record: NodeRecord,
+    /// What other nodes and clients pass to `--bootstrap`.
+    pub bootstrap_addrs: Vec<Multiaddr>,
+}
+
+/// How many nodes serve each block, from the records of one model.
+pub fn coverage(records: &[NodeRecord], blocks: u32) -> Vec<u32> {
+    let mut c = vec![0u32; blocks as usize];
+    for r in records {
+        for b in r.span.start..r.span.end.min(blocks) {
+            c[b as usize] += 1;
+        }
+    }
+    c
+}
+
+/// Petals' rule: the window of `n` blocks that the fewest nodes serve (the lowest total
+/// coverage), the earliest on ties.
+pub fn least_served_window(coverage: &[u32], n: u32) -> Span {
+    let blocks = coverage.len() as u32;
+    let n = n.clamp(1, blocks.max(1));
+    let best = (0..=blocks - n)
+        .min_by_key(|&s| {
+            let w = &coverage[s as usize..(s + n) as usize];
+            (w.iter().copied().max().unwrap_or(0), w.iter().sum::<u32>())
+        })
+        .unwrap_or(0);
+    Span {
+        start: best,
+        end: best + n,
+    }
+}
+
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Blocks that fit in `memory` bytes with a quarter kept for KV caches and activations.
+fn blocks_that_fit(model: &ModelFile, memory: u64) -> u32 {
+    let per_block = (model.weight_bytes() as u64 / model.config.layers.max(1) as u64).max(1);
+    ((memory / 4 * 3) / per_block).min(model.config.layers as u64) as u32
+}
+
+/// Decode tokens per second of the span: a short prefill, then a few timed steps.
+fn measure(engine: &Engine) -> Result<f32, Error> {
+    let mut cache = engine.new_cache()?;
+    let steps = 8;
+    let run = |n: usize, cache: &mut crate::Cache| -> Result<(), Error> {
+        if engine.has_embed() {
+            let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 1000).collect();
+            engine.run_step(cache, SpanInput::Tokens(&ids), Logits::Last)?;
+        } else {
+            let h: Vec<f32> = (0..n * engine.hidden())
+                .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+                .collect();
+            engine.run_step(cache, SpanInput::Hidden(&h), Logits::Last)?;
+        }
+        Ok(())
+    };
+    run(16, &mut cache)?;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        run(1, &mut cache)?;
+    }
+    Ok(steps as f32 / t0.elapsed().as_secs_f32().max(1e-6))
+}
+
+fn listen_ip(addr: &Multiaddr) -> IpAddr {
+    addr.iter()
+        .find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+            _ => None,
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Joins the swarm and serves until the returned node is shut down.
+pub async fn join(
+    opts: JoinOptions,
+    key: Keypair,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RunningNode, JoinError> {
+    let model = ModelFile::open(&opts.model)?;
+    let blocks = model.config.layers as u32;
+    let spec = model.tokenizer().ok().and_then(|t| t.to_spec().ok());
+    let content_hash = model.content_hash()?;
+    let empty = baton_protocol::wire::TokenizerSpec {
+        tokenizer_json: String::new(),
+        chat_template: None,
+        bos: None,
+        eos: None,
+        add_bos: None,
+        stop_ids: Vec::new(),
+    };
+    let id = model_id(spec.as_ref().unwrap_or(&empty), &content_hash);
+    let dht = Dht::start(
+        key.clone(),
+        opts.listen.clone(),
+        opts.bootstrap.clone(),
+        true,
+    )
+    .await?;
+    let span = match opts.span {
+        SpanChoice::Fixed(s) => {
+            s.check(blocks).map_err(crate::LoadError::from)?;
+            s
+        }
+        SpanChoice::Auto => {
+            let fit = blocks_that_fit(&model, mem_available()).max(1);
+            let n = opts.max_blocks.map_or(fit, |m| m.min(fit)).max(1);
+            let records = if opts.bootstrap.is_empty() {
+                Vec::new()
+            } else {
+                dht.lookup(Some(&id)).await?
+            };
+            let span = least_served_window(&coverage(&records, blocks), n);
+            info!(
+                "--span auto: {n} blocks fit; {} nodes serve this model; taking {span}",
+                records.len()
+            );
+            span
+        }
+    };
+    let engine = Arc::new(Engine::load(&model, span, opts.engine, progress)?);
+    let tokens_per_s = measure(&engine)?;
+    info!(
+        "serving blocks {span} of {} on {}: {tokens_per_s:.1} tokens/s",
+        model.name(),
+        engine.describe()
+    );
+    let model_info = match (&spec, engine.has_embed()) {
+        (Some(spec), true) => Some(ModelInfo {
+            model_id: id.clone(),
+            content_hash: content_hash.clone(),
+            tokenizer: spec.clone(),
+            blocks,
+            vocab: model.config.vocab as u32,
+            context: model.config.context as u32,
+        }),
+        _ => None,
+    };
+    let server = Server::bind(
+        engine.clone(),
+        key.clone(),
+        SocketAddr::new(listen_ip(&opts.listen), 0),
+        ServerOptions {
+            name: opts.name.clone(),
+            model_id: id.clone(),
+            max_sessions: opts.max_sessions,
+            model_info,
+        },
+    )?;
+    tokio::spawn(server.clone().serve());
+    let port = server.local_addr()?.port();
+    let bootstrap_addrs = dht.listen_addrs().await?;
+    let mut addrs: Vec<String> = bootstrap_addrs
+        .iter()
+        .map(|a| SocketAddr::new(listen_ip(a), port).to_string())
+        .collect();
+    addrs.dedup();
+    let record = NodeRecord {
+        peer_id: dht.peer_id.to_string(),
+        addrs,
+        model_id: id.clone(),
+        model_name: model.name(),
+        span,
+        blocks,
+        backend: engine.describe(),
+        device: engine.describe(),
+        memory_total: 0,
+        memory_free: mem_available(),
+        tokens_per_s,
+        kv_tokens_free: (opts.max_sessions * model.config.context) as u64,
+        protocol_version: PROTOCOL_VERSION,
+        name: opts.name.clone(),
+        expires_unix: 0,
+    };
+    // Announce now and keep the announcement fresh.
+    let (d, s, r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
+    tokio::spawn(async move {
+        loop {
+            let mut r = r.clone();
+            r.expires_unix = dht::now_unix() + RECORD_TTL.as_secs();
+            r.memory_free = mem_available();
+            let free_sessions = s.max_sessions().saturating_sub(s.open_sessions());
+            r.kv_tokens_free = (free_sessions * s.context()) as u64;
+            match dht::sign(&k, &r) {
+                Ok(signed) => {
+                    if d.announce(signed, &r.model_id).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!("cannot sign the record: {e}"),
+            }
+            tokio::time::sleep(REPUBLISH).await;
+        }
+    });
+    Ok(RunningNode {
+        server,
+        dht,
+        record,
+        bootstrap_addrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_served_window_fills_gaps_first() {
+        assert_eq!(
+            least_served_window(&[0; 30], 15),
+            Span { start: 0, end: 15 }
+        );
+        let mut c = vec![1; 15];
+        c.extend(vec![0; 15]);
+        assert_eq!(least_served_window(&c, 15), Span { start: 15, end: 30 });
+        assert_eq!(least_served_window(&c, 30), Span { start: 0, end: 30 });
+        assert_eq!(
+            least_served_window(&[2, 2, 1, 2], 1),
+            Span { start: 2, end: 3 }
+        );
+    }
+}
