@@ -51,6 +51,9 @@ pub struct JoinOptions {
     /// With `--span auto`: take at most this many blocks.
     pub max_blocks: Option<u32>,
     pub max_sessions: usize,
+    /// The data-plane address to announce instead of the one the node binds, for a node
+    /// reached through port forwarding or a relay.
+    pub public_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,11 +237,15 @@ pub async fn join(
     )?;
     tokio::spawn(server.clone().serve());
     let port = server.local_addr()?.port();
+    info!("data plane bound on {}", server.local_addr()?);
     let bootstrap_addrs = dht.listen_addrs().await?;
-    let mut addrs: Vec<String> = bootstrap_addrs
-        .iter()
-        .map(|a| SocketAddr::new(listen_ip(a), port).to_string())
-        .collect();
+    let mut addrs: Vec<String> = match opts.public_addr {
+        Some(a) => vec![a.to_string()],
+        None => bootstrap_addrs
+            .iter()
+            .map(|a| SocketAddr::new(listen_ip(a), port).to_string())
+            .collect(),
+    };
     addrs.dedup();
     let record = NodeRecord {
         peer_id: dht.peer_id.to_string(),

@@ -188,15 +188,34 @@ pub struct NodeProcess {
     pub bootstrap: String,
     /// Its first line: who it is and what it serves.
     pub banner: String,
+    /// Everything it printed up to the bootstrap line.
+    pub lines: Vec<String>,
 }
 
 impl NodeProcess {
     /// Starts `baton-node join` with `args` on loopback and waits until it serves.
     pub fn start(args: &[&str]) -> anyhow::Result<NodeProcess> {
+        Self::start_in(None, "/ip4/127.0.0.1/tcp/0", args)
+    }
+
+    /// Starts `baton-node join` listening on `listen`, inside network namespace `netns` if given.
+    pub fn start_in(
+        netns: Option<&str>,
+        listen: &str,
+        args: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(binary("baton-node"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("baton-node"));
+                c
+            }
+            None => std::process::Command::new(binary("baton-node")),
+        };
+        let mut child = cmd
             .arg("join")
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--listen", listen])
             .args(args)
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .stdout(std::process::Stdio::piped())
@@ -212,7 +231,7 @@ impl NodeProcess {
                 let _ = tx.send(line);
             }
         });
-        let mut banner = String::new();
+        let mut lines = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -223,14 +242,13 @@ impl NodeProcess {
                     bail!("baton-node join {args:?} did not start");
                 }
             };
-            if banner.is_empty() {
-                banner = line.clone();
-            }
+            lines.push(line.clone());
             if let Some(addr) = line.strip_prefix("join this swarm with: --bootstrap ") {
                 return Ok(NodeProcess {
                     child,
                     bootstrap: addr.trim().to_string(),
-                    banner,
+                    banner: lines[0].clone(),
+                    lines,
                 });
             }
         }

@@ -39,6 +39,10 @@ pub struct JoinArgs {
     /// Sessions held at once.
     #[arg(long, default_value_t = 16)]
     pub max_sessions: usize,
+    /// Announce this data-plane address (IP:PORT) instead of the bound one, when the node is
+    /// reached through port forwarding.
+    #[arg(long, value_name = "IP:PORT")]
+    pub public_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: JoinArgs) -> anyhow::Result<()> {
@@ -72,6 +76,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         name: name.clone(),
         max_blocks: a.max_blocks,
         max_sessions: a.max_sessions,
+        public_addr: a.public_addr,
     };
     let bar = super::progress_bar(&a.model.model);
     let node = join(options, key, &mut |done, total| {
@@ -85,7 +90,11 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         "{name} ({}) serves blocks {} of {} ({} blocks, model id {}) on {}, {:.1} tokens/s",
         r.peer_id, r.span, r.model_name, r.blocks, r.model_id, r.backend, r.tokens_per_s
     );
-    println!("data plane (QUIC): {}", r.addrs.join(", "));
+    println!(
+        "data plane (QUIC): {} (bound on {})",
+        r.addrs.join(", "),
+        node.server.local_addr()?
+    );
     for addr in &node.bootstrap_addrs {
         println!("join this swarm with: --bootstrap {addr}");
     }
