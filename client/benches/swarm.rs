@@ -67,6 +67,7 @@ async fn main() {
         wire_dtype: WireDtype::F16,
         max_tokens: 1024,
         step_timeout: Duration::from_secs(60),
+        logprobs: false,
     };
 
     let (mut local_tps, mut swarm_tps, mut local_steps, mut swarm_steps) =

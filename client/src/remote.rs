@@ -27,6 +27,8 @@ pub struct SessionOptions {
     pub max_tokens: u32,
     /// How long a step may take before the session gives up on it.
     pub step_timeout: Duration,
+    /// Ask the head hop for each token's log-probability.
+    pub logprobs: bool,
 }
 
 pub struct RemoteSession {
@@ -83,6 +85,7 @@ impl RemoteSession {
                 sampling: options.sampling,
                 wire_dtype: options.wire_dtype,
                 max_tokens: options.max_tokens,
+                logprobs: options.logprobs,
             };
             net::write_msg(&mut send, &Message::OpenSession(open)).await?;
             match tokio::time::timeout(options.step_timeout, net::read_msg(&mut recv)).await {

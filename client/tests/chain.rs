@@ -49,6 +49,7 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         wire_dtype,
         max_tokens: 512,
         step_timeout: Duration::from_secs(60),
+        logprobs: false,
     }
 }
 
@@ -126,7 +127,11 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
 
     // A good session, kept open while a second stream misbehaves on the same node.
     let route = [hop.clone()];
-    let mut good = RemoteSession::open(&endpoint, &key, &route, &options(WireDtype::F16))
+    let with_logprobs = SessionOptions {
+        logprobs: true,
+        ..options(WireDtype::F16)
+    };
+    let mut good = RemoteSession::open(&endpoint, &key, &route, &with_logprobs)
         .await
         .unwrap();
     let prompt = &cases().unwrap()[0].prompt_ids;
@@ -181,6 +186,13 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
     // The good session goes on as if nothing happened.
     let second = good.step(&[first]).await.unwrap();
     assert_eq!(second.seq, 1);
+    let lp = second
+        .logprob
+        .expect("the session asked for log-probabilities");
+    assert!(
+        lp <= 0.0 && lp > -5.0,
+        "greedy token's log-probability {lp}"
+    );
     let want = &cases().unwrap()[0];
     let p = want.prompt_ids.len();
     assert_eq!([first, second.token], want.all_ids[p..p + 2]);

@@ -48,6 +48,7 @@ struct Session {
     reply: Send,
     sampler: Sampler,
     wire: WireDtype,
+    logprobs: bool,
 }
 
 pub struct Server {
@@ -305,6 +306,7 @@ impl Server {
             reply: reply.clone(),
             sampler: Sampler::new(o.sampling),
             wire: o.wire_dtype,
+            logprobs: o.logprobs,
         };
         let inserted = match self.sessions.lock() {
             Ok(mut sessions) if !sessions.contains_key(&o.session) => {
@@ -446,7 +448,7 @@ impl Server {
             }
             None => {
                 let token = s.sampler.sample(&out);
-                let logprob = log_prob(&out, token as usize);
+                let logprob = s.logprobs.then(|| log_prob(&out, token as usize));
                 let msg = Message::Token(TokenOut {
                     session: id,
                     seq,

@@ -83,6 +83,8 @@ pub struct OpenSession {
     pub wire_dtype: WireDtype,
     /// The most tokens the session will hold.
     pub max_tokens: u32,
+    /// Whether the head hop reports each token's log-probability.
+    pub logprobs: bool,
 }
 
 /// Hop → client: the session is open.
@@ -114,8 +116,9 @@ pub struct TokenOut {
     pub session: u64,
     pub seq: u64,
     pub token: u32,
-    /// Its log-probability under the unmodified distribution.
-    pub logprob: f32,
+    /// Its log-probability under the unmodified distribution, when the session asked for it
+    /// (a softmax over the vocabulary costs the head hop time on every step).
+    pub logprob: Option<f32>,
 }
 
 /// Why a request failed. The numbers are part of the protocol.
@@ -478,10 +481,20 @@ mod tests {
                 next,
                 sampling,
                 dtype(),
-                any::<u32>()
+                any::<u32>(),
+                any::<bool>()
             )
                 .prop_map(
-                    |(session, model_id, span, next, sampling, wire_dtype, max_tokens)| {
+                    |(
+                        session,
+                        model_id,
+                        span,
+                        next,
+                        sampling,
+                        wire_dtype,
+                        max_tokens,
+                        logprobs,
+                    )| {
                         Message::OpenSession(OpenSession {
                             session,
                             model_id,
@@ -490,6 +503,7 @@ mod tests {
                             sampling,
                             wire_dtype,
                             max_tokens,
+                            logprobs,
                         })
                     }
                 ),
@@ -515,14 +529,18 @@ mod tests {
                     seq,
                     hidden: HiddenStates::encode(&v, 1, v.len() as u32, d)
                 })),
-            (any::<u64>(), any::<u64>(), any::<u32>(), -20f32..0.0).prop_map(
-                |(session, seq, token, logprob)| Message::Token(TokenOut {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                proptest::option::of(-20f32..0.0)
+            )
+                .prop_map(|(session, seq, token, logprob)| Message::Token(TokenOut {
                     session,
                     seq,
                     token,
                     logprob
-                })
-            ),
+                })),
             (any::<u64>(), any::<u64>(), 1u16..=10, text).prop_map(|(session, seq, c, message)| {
                 Message::Error(ErrorMsg {
                     session,

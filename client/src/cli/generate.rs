@@ -176,6 +176,7 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         wire_dtype: a.wire_dtype,
         max_tokens: (ids.len() + a.max_tokens).min(context) as u32,
         step_timeout: Duration::from_secs(60),
+        logprobs: false,
     };
     let mut session = client.open(&route, &options).await?;
     let g = generate_remote(
