@@ -408,6 +408,7 @@ impl Server {
             }
         };
         let engine = self.engine.clone();
+        let started = std::time::Instant::now();
         let out = {
             let s = &mut *s;
             let input = match (&input, &values) {
@@ -434,6 +435,10 @@ impl Server {
                 .map_err(|e| fail(code(&e), e.to_string()))?
         };
         s.seq += 1;
+        debug!(
+            "session {id:016x} step {seq}: computed in {:?}",
+            started.elapsed()
+        );
         match &s.next {
             Some(next) => {
                 let tokens = (out.len() / hidden) as u32;
