@@ -70,6 +70,69 @@ impl<'a> TextStream<'a> {
     }
 }
 
+/// What a generation keeps of each sampled token, wherever it was sampled: the ids, the text,
+/// and when to stop.
+struct Output<'a> {
+    tok: &'a Tokenizer,
+    stream: TextStream<'a>,
+    ids: Vec<u32>,
+    text: String,
+    max_tokens: usize,
+    context: usize,
+}
+
+impl<'a> Output<'a> {
+    fn new(tok: &'a Tokenizer, max_tokens: usize, context: usize) -> Self {
+        Output {
+            tok,
+            stream: TextStream::new(tok),
+            ids: Vec::new(),
+            text: String::new(),
+            max_tokens,
+            context,
+        }
+    }
+
+    /// Takes the token sampled when the context holds `pos` tokens; says why to stop, if so.
+    fn accept(
+        &mut self,
+        next: u32,
+        pos: usize,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<StopReason> {
+        if self.tok.stop_ids.contains(&next) {
+            return Some(StopReason::EndOfTurn);
+        }
+        self.ids.push(next);
+        let piece = self.stream.push(next);
+        if !piece.is_empty() {
+            on_text(&piece);
+            self.text.push_str(&piece);
+        }
+        if self.ids.len() >= self.max_tokens {
+            return Some(StopReason::Length);
+        }
+        (pos >= self.context).then_some(StopReason::Context)
+    }
+
+    fn finish(
+        self,
+        prompt_tokens: usize,
+        start: Instant,
+        ttft: Duration,
+        stop: StopReason,
+    ) -> Generation {
+        Generation {
+            ids: self.ids,
+            text: self.text,
+            prompt_tokens,
+            time_to_first_token: ttft,
+            decode_time: start.elapsed().saturating_sub(ttft),
+            stop,
+        }
+    }
+}
+
 /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each new piece of text.
 /// Stop tokens end the generation and are not shown.
 pub fn generate(
@@ -83,47 +146,19 @@ pub fn generate(
     let start = Instant::now();
     let vocab = engine.vocab();
     let mut cache = engine.new_cache()?;
-    let mut last = Vec::new();
-    engine.run_chunked(
-        &mut cache,
-        SpanInput::Tokens(prompt),
-        Logits::Last,
-        &mut |l| last = l.to_vec(),
-    )?;
+    let mut last = engine.run_step(&mut cache, SpanInput::Tokens(prompt), Logits::Last)?;
     let mut sampler = Sampler::new(params);
-    let mut stream = TextStream::new(tok);
-    let mut ids = Vec::new();
-    let mut text = String::new();
-    let mut first = None;
+    let mut out = Output::new(tok, max_tokens, engine.context());
+    let mut ttft = None;
     let stop = loop {
         let next = sampler.sample(&last[last.len() - vocab..]);
-        first.get_or_insert_with(|| start.elapsed());
-        if tok.stop_ids.contains(&next) {
-            break StopReason::EndOfTurn;
-        }
-        ids.push(next);
-        let piece = stream.push(next);
-        if !piece.is_empty() {
-            on_text(&piece);
-            text.push_str(&piece);
-        }
-        if ids.len() >= max_tokens {
-            break StopReason::Length;
-        }
-        if cache.pos() >= engine.context() {
-            break StopReason::Context;
+        ttft.get_or_insert_with(|| start.elapsed());
+        if let Some(stop) = out.accept(next, cache.pos(), on_text) {
+            break stop;
         }
         last = engine.forward(&mut cache, SpanInput::Tokens(&[next]), Logits::Last)?;
     };
-    let ttft = first.unwrap_or_default();
-    Ok(Generation {
-        ids,
-        text,
-        prompt_tokens: prompt.len(),
-        time_to_first_token: ttft,
-        decode_time: start.elapsed().saturating_sub(ttft),
-        stop,
-    })
+    Ok(out.finish(prompt.len(), start, ttft.unwrap_or_default(), stop))
 }
 
 /// Generates along a swarm session, as [`generate`] does in one process: the hop holding
@@ -137,37 +172,16 @@ pub async fn generate_remote(
     on_text: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Generation, baton_node::net::NetError> {
     let start = Instant::now();
-    let mut stream = TextStream::new(tok);
-    let mut ids = Vec::new();
-    let mut text = String::new();
+    let mut out = Output::new(tok, max_tokens, context);
     let mut next = session.step(prompt).await?.token;
     let ttft = start.elapsed();
     let mut pos = prompt.len();
     let stop = loop {
-        if tok.stop_ids.contains(&next) {
-            break StopReason::EndOfTurn;
-        }
-        ids.push(next);
-        let piece = stream.push(next);
-        if !piece.is_empty() {
-            on_text(&piece);
-            text.push_str(&piece);
-        }
-        if ids.len() >= max_tokens {
-            break StopReason::Length;
-        }
-        if pos >= context {
-            break StopReason::Context;
+        if let Some(stop) = out.accept(next, pos, on_text) {
+            break stop;
         }
         next = session.step(&[next]).await?.token;
         pos += 1;
     };
-    Ok(Generation {
-        ids,
-        text,
-        prompt_tokens: prompt.len(),
-        time_to_first_token: ttft,
-        decode_time: start.elapsed().saturating_sub(ttft),
-        stop,
-    })
+    Ok(out.finish(prompt.len(), start, ttft, stop))
 }

@@ -264,11 +264,16 @@ impl Drop for NodeProcess {
 
 /// Runs `baton` with `args`: (success, stdout, stderr).
 pub fn baton(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(binary("baton"))
+    run_bin("baton", args)
+}
+
+/// Runs a binary of the workspace with `args`: (success, stdout, stderr).
+pub fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binary(name))
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
-        .expect("running baton");
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

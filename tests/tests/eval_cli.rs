@@ -1,22 +1,11 @@
 //! `baton-node` from the command line, as a user runs it: `eval` answers the fixtures' cases,
 //! `--help` and `info` work, and bad input gets a clear error and a failing exit status.
 
-use std::process::Command;
-
-use baton_tests::{binary, cases, check_case, demo_model, fixtures_dir};
+use baton_tests::{baton, cases, check_case, demo_model, fixtures_dir, run_bin};
 use serde_json::Value;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary("baton-node"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("running baton-node");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_bin("baton-node", args)
 }
 
 #[test]
@@ -123,9 +112,9 @@ fn help_info_and_errors() {
     let (ok, _, err) = run(&["eval", "--model", model, "--backend", "cuda", "--ids", "1"]);
     assert!(!ok && err.contains("no cuda backend"), "{err}");
 
-    let out = Command::new(binary("baton"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (ok, out, _) = baton(&["--help"]);
+    assert!(
+        ok && out.contains("generate") && out.contains("swarm"),
+        "{out}"
+    );
 }

@@ -1,28 +1,19 @@
 //! `baton generate` as a user runs it: greedy output equals the reference continuation, chat
 //! answers the capital question, seeds reproduce, and bad flags are refused.
 
-use std::process::Command;
-
-use baton_tests::{binary, cases, demo_model};
+use baton_tests::{baton, cases, demo_model};
 
 fn generate(args: &[&str]) -> (bool, String, String) {
     let model = demo_model();
-    let out = Command::new(binary("baton"))
-        .args([
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--backend",
-            "cpu",
-        ])
-        .args(args)
-        .output()
-        .expect("running baton");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ];
+    all.extend(args);
+    baton(&all)
 }
 
 #[test]
