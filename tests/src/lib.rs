@@ -218,6 +218,11 @@ impl NodeProcess {
             .args(["--listen", listen])
             .args(args)
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            // Node keys go to a cache of this test run, not the user's.
+            .env(
+                "BATON_CACHE",
+                std::env::temp_dir().join(format!("baton-test-{}", std::process::id())),
+            )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()?;

@@ -30,10 +30,11 @@ pub struct JoinArgs {
     #[arg(long)]
     pub bootstrap: Vec<Multiaddr>,
     /// The node's key, kept so that a restarted node keeps its peer id (made if absent).
-    /// Default: a new key for each run.
+    /// Default: `~/.cache/baton/identity/NAME.key` when --name is given, else a new key for
+    /// each run.
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
-    /// A name for logs and `baton swarm`.
+    /// A name for logs and `baton swarm`; it also names the node's key file.
     #[arg(long)]
     pub name: Option<String>,
     /// Sessions held at once.
@@ -56,7 +57,14 @@ pub fn run(a: JoinArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: JoinArgs) -> anyhow::Result<()> {
-    let key = match &a.identity {
+    let default_file = a.name.as_ref().map(|n| {
+        let cache = std::env::var_os("BATON_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
+            .unwrap_or_else(|| PathBuf::from(".baton"));
+        cache.join("identity").join(format!("{n}.key"))
+    });
+    let key = match a.identity.as_ref().or(default_file.as_ref()) {
         Some(path) => load_or_create_identity(path)?,
         None => generate_identity(),
     };

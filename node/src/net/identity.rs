@@ -35,3 +35,26 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NetError> {
     }
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_key_keeps_the_peer_id() {
+        let dir = std::env::temp_dir().join(format!("baton-identity-{}", std::process::id()));
+        let path = dir.join("sub/node.key");
+        let first = load_or_create_identity(&path)
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let again = load_or_create_identity(&path)
+            .unwrap()
+            .public()
+            .to_peer_id();
+        assert_eq!(first, again);
+        std::fs::write(&path, b"not a key").unwrap();
+        assert!(load_or_create_identity(&path).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
