@@ -150,6 +150,17 @@ impl Engine {
         logits: Logits,
         each: &mut dyn FnMut(&[f32]),
     ) -> Result<(), RunError> {
+        // Refuse a step that cannot fit before any chunk of it touches the cache.
+        let tokens = match input {
+            SpanInput::Tokens(ids) => ids.len(),
+            SpanInput::Hidden(h) => h.len() / self.hidden().max(1),
+        };
+        if cache.pos() + tokens > self.context() {
+            return Err(RunError::ContextFull {
+                want: cache.pos() + tokens,
+                max: self.context(),
+            });
+        }
         match input {
             SpanInput::Tokens(ids) => {
                 for chunk in ids.chunks(PREFILL_CHUNK) {

@@ -143,6 +143,14 @@ fn a_good_file_loads_and_runs_in_every_format() {
     assert!(engine
         .forward(&mut cache, SpanInput::Tokens(&long), Logits::Last)
         .is_err());
+    // A step too long for the context is refused whole: the cache is left as it was.
+    engine
+        .forward(&mut cache, SpanInput::Tokens(&[1, 2]), Logits::Last)
+        .unwrap();
+    let too_long = vec![1u32; 63];
+    let step = engine.run_step(&mut cache, SpanInput::Tokens(&too_long), Logits::Last);
+    assert!(step.is_err());
+    assert_eq!(cache.pos(), 2);
 }
 
 fn expect_load_error(path: &Path, check: impl Fn(&LoadError) -> bool) {
