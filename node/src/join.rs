@@ -106,17 +106,22 @@ pub fn least_served_window(coverage: &[u32], n: u32) -> Span {
     }
 }
 
-fn mem_available() -> u64 {
+/// A `key: N kB` line of /proc/meminfo in bytes (0 where there is none).
+fn meminfo(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+fn mem_available() -> u64 {
+    meminfo("MemAvailable:")
 }
 
 /// Blocks that fit in `memory` bytes with a quarter kept for KV caches and activations.
@@ -256,7 +261,7 @@ pub async fn join(
         blocks,
         backend: engine.describe(),
         device: engine.describe(),
-        memory_total: 0,
+        memory_total: meminfo("MemTotal:"),
         memory_free: mem_available(),
         tokens_per_s,
         kv_tokens_free: (opts.max_sessions * model.config.context) as u64,
