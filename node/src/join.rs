@@ -106,24 +106,6 @@ pub fn least_served_window(coverage: &[u32], n: u32) -> Span {
     }
 }
 
-/// A `key: N kB` line of /proc/meminfo in bytes (0 where there is none).
-fn meminfo(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-fn mem_available() -> u64 {
-    meminfo("MemAvailable:")
-}
-
 /// Blocks that fit in `memory` bytes with a quarter kept for KV caches and activations.
 fn blocks_that_fit(model: &ModelFile, memory: u64) -> u32 {
     let per_block = (model.weight_bytes() as u64 / model.config.layers.max(1) as u64).max(1);
@@ -196,7 +178,7 @@ pub async fn join(
             s
         }
         SpanChoice::Auto => {
-            let fit = blocks_that_fit(&model, mem_available()).max(1);
+            let fit = blocks_that_fit(&model, crate::system::memory_available()).max(1);
             let n = opts.max_blocks.map_or(fit, |m| m.min(fit)).max(1);
             let records = if opts.bootstrap.is_empty() {
                 Vec::new()
@@ -260,9 +242,13 @@ pub async fn join(
         span,
         blocks,
         backend: engine.describe(),
-        device: engine.describe(),
-        memory_total: meminfo("MemTotal:"),
-        memory_free: mem_available(),
+        device: if matches!(*engine, Engine::Cpu(_)) {
+            crate::system::cpu_name()
+        } else {
+            engine.describe()
+        },
+        memory_total: crate::system::memory_total(),
+        memory_free: crate::system::memory_available(),
         tokens_per_s,
         kv_tokens_free: (opts.max_sessions * model.config.context) as u64,
         protocol_version: PROTOCOL_VERSION,
@@ -275,7 +261,7 @@ pub async fn join(
         loop {
             let mut r = r.clone();
             r.expires_unix = dht::now_unix() + RECORD_TTL.as_secs();
-            r.memory_free = mem_available();
+            r.memory_free = crate::system::memory_available();
             let free_sessions = s.max_sessions().saturating_sub(s.open_sessions());
             r.kv_tokens_free = (free_sessions * s.context()) as u64;
             match dht::sign(&k, &r) {

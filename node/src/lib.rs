@@ -17,6 +17,7 @@ pub mod net;
 pub mod runtime;
 pub mod sampling;
 pub mod server;
+pub mod system;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

@@ -93,7 +93,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             embed_only(&model)
         };
     let bandwidth = bytes as f64 * tg;
-    let peak = super::proc_kb("/proc/self/status", "VmHWM:").unwrap_or(0);
+    let peak = baton_node::system::proc_kb("/proc/self/status", "VmHWM:").unwrap_or(0);
     if a.json {
         println!(
             "{}",

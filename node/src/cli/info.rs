@@ -9,27 +9,15 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mem = super::proc_kb("/proc/meminfo", "MemTotal:").unwrap_or(0);
+    let mem = baton_node::system::memory_total();
     let adapters = baton_shaders::gpu::list_adapters();
     if a.json {
         let doc = serde_json::json!({
-            "cpu": {"name": cpu_name(), "threads": threads, "memory_bytes": mem},
+            "cpu": {"name": baton_node::system::cpu_name(), "threads": threads, "memory_bytes": mem},
             "wgpu": adapters.iter().map(|d| serde_json::json!({
                 "name": d.name, "kind": d.kind, "api": d.api, "software": d.software,
                 "max_buffer_bytes": d.max_buffer_bytes, "shader_f16": d.shader_f16,
@@ -41,7 +29,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     println!("backends:");
     println!(
         "  cpu    {} — {threads} threads, {:.1} GiB memory",
-        cpu_name(),
+        baton_node::system::cpu_name(),
         mem as f64 / (1u64 << 30) as f64
     );
     if adapters.is_empty() {

@@ -45,19 +45,6 @@ impl ModelArgs {
     }
 }
 
-/// A `key: value kB` line of a /proc file, in bytes (Linux only).
-pub fn proc_kb(file: &str, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(file).ok()?;
-    let kb: u64 = s
-        .lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = threads {
         baton_node::set_threads(n)?;
