@@ -156,15 +156,7 @@ pub async fn join(
     let blocks = model.config.layers as u32;
     let spec = model.tokenizer().ok().and_then(|t| t.to_spec().ok());
     let content_hash = model.content_hash()?;
-    let empty = baton_protocol::wire::TokenizerSpec {
-        tokenizer_json: String::new(),
-        chat_template: None,
-        bos: None,
-        eos: None,
-        add_bos: None,
-        stop_ids: Vec::new(),
-    };
-    let id = model_id(spec.as_ref().unwrap_or(&empty), &content_hash);
+    let id = model_id(&spec.clone().unwrap_or_default(), &content_hash);
     let dht = Dht::start(
         key.clone(),
         opts.listen.clone(),

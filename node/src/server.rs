@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::net::{self, Keypair, NetError, PeerId};
 use crate::runtime::{Cache, Engine};
 use crate::sampling::{log_prob, Sampler};
-use crate::{Logits, SpanInput};
+use crate::{Logits, RunError, SpanInput};
 
 type Send = Arc<AsyncMutex<quinn::SendStream>>;
 
@@ -67,6 +67,18 @@ fn error(session: u64, seq: u64, code: ErrorCode, message: impl Into<String>) ->
         seq,
         code,
         message: message.into(),
+    }
+}
+
+/// The protocol's name for a failure of the runtime.
+fn error_code(e: &RunError) -> ErrorCode {
+    match e {
+        RunError::NeedsHidden | RunError::NeedsTokens => ErrorCode::WrongSpan,
+        RunError::ContextFull { .. } => ErrorCode::TooLarge,
+        RunError::TokenId { .. } | RunError::HiddenShape { .. } | RunError::Empty => {
+            ErrorCode::Malformed
+        }
+        _ => ErrorCode::Internal,
     }
 }
 
@@ -392,48 +404,24 @@ impl Server {
             ));
         }
         let hidden = self.engine.hidden();
-        let values = match &input {
-            StepInput::Tokens(_) => None,
+        let values;
+        let input = match &input {
+            StepInput::Tokens(t) => SpanInput::Tokens(t),
             StepInput::Hidden(h) => {
                 if h.hidden as usize != hidden {
-                    return Err(fail(
-                        ErrorCode::Malformed,
-                        format!("hidden states must be {hidden} wide"),
-                    ));
+                    let msg = format!("hidden states must be {hidden} wide");
+                    return Err(fail(ErrorCode::Malformed, msg));
                 }
-                let v = h
+                values = h
                     .decode(MAX_FRAME_BYTES / 2)
                     .map_err(|e| fail(ErrorCode::Malformed, e.to_string()))?;
-                Some(v)
+                SpanInput::Hidden(&values)
             }
         };
-        let engine = self.engine.clone();
         let started = std::time::Instant::now();
-        let out = {
-            let s = &mut *s;
-            let input = match (&input, &values) {
-                (StepInput::Tokens(t), _) => SpanInput::Tokens(t),
-                (_, Some(v)) => SpanInput::Hidden(v),
-                (StepInput::Hidden(_), None) => {
-                    return Err(fail(ErrorCode::Internal, "lost input".into()))
-                }
-            };
-            if let SpanInput::Tokens(t) = input {
-                if t.is_empty() {
-                    return Err(fail(ErrorCode::Malformed, "a step needs tokens".into()));
-                }
-            }
-            let code = |e: &crate::RunError| match e {
-                crate::RunError::NeedsHidden | crate::RunError::NeedsTokens => ErrorCode::WrongSpan,
-                crate::RunError::ContextFull { .. } => ErrorCode::TooLarge,
-                crate::RunError::TokenId { .. }
-                | crate::RunError::HiddenShape { .. }
-                | crate::RunError::Empty => ErrorCode::Malformed,
-                _ => ErrorCode::Internal,
-            };
-            tokio::task::block_in_place(|| engine.run_step(&mut s.cache, input, Logits::Last))
-                .map_err(|e| fail(code(&e), e.to_string()))?
-        };
+        let cache = &mut s.cache;
+        let out = tokio::task::block_in_place(|| self.engine.run_step(cache, input, Logits::Last))
+            .map_err(|e| fail(error_code(&e), e.to_string()))?;
         s.seq += 1;
         debug!(
             "session {id:016x} step {seq}: computed in {:?}",

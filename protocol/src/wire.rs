@@ -188,8 +188,8 @@ pub struct GetModelInfo {
 }
 
 /// How a model turns text into ids: its tokenizer (Hugging Face `tokenizer.json`), chat template
-/// and special tokens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// and special tokens. The default is a model without one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenizerSpec {
     pub tokenizer_json: String,
     pub chat_template: Option<String>,
@@ -281,24 +281,23 @@ impl Message {
 
     /// The frame body: kind byte and payload.
     pub fn encode_body(&self) -> Vec<u8> {
-        let mut out = vec![self.kind()];
-        let put = |out: &mut Vec<u8>, r: Result<Vec<u8>, bincode::error::EncodeError>| {
-            // Encoding our own in-memory values into a Vec cannot fail short of running out of
+        fn put<T: Serialize>(out: &mut Vec<u8>, m: &T) {
+            // Writing our own in-memory values into a Vec cannot fail short of running out of
             // memory; an oversized message is refused when it is framed.
-            out.extend(r.unwrap_or_default())
-        };
-        let c = config();
+            let _ = bincode::serde::encode_into_std_write(m, out, config());
+        }
+        let mut out = vec![self.kind()];
         match self {
-            Message::Hello(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::OpenSession(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::SessionOpened(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::Step(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::Forward(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::Token(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::Error(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::Close(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::GetModelInfo(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
-            Message::ModelInfo(m) => put(&mut out, bincode::serde::encode_to_vec(m, c)),
+            Message::Hello(m) => put(&mut out, m),
+            Message::OpenSession(m) => put(&mut out, m),
+            Message::SessionOpened(m) => put(&mut out, m),
+            Message::Step(m) => put(&mut out, m),
+            Message::Forward(m) => put(&mut out, m),
+            Message::Token(m) => put(&mut out, m),
+            Message::Error(m) => put(&mut out, m),
+            Message::Close(m) => put(&mut out, m),
+            Message::GetModelInfo(m) => put(&mut out, m),
+            Message::ModelInfo(m) => put(&mut out, m),
         }
         out
     }
