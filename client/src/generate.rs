@@ -38,11 +38,16 @@ impl Generation {
 }
 
 /// Turns token ids into text as they arrive, holding back a piece that ends inside a UTF-8
-/// character until the rest of it comes.
+/// character until the rest of it comes. Only the tokens since the last piece shown (and the
+/// one before them, for context) are decoded again, so each token costs the same however long
+/// the generation.
 pub struct TextStream<'a> {
     tok: &'a Tokenizer,
     ids: Vec<u32>,
-    shown: usize,
+    /// Where the window decoded for context starts.
+    prefix: usize,
+    /// Where the tokens not yet shown start.
+    read: usize,
 }
 
 impl<'a> TextStream<'a> {
@@ -50,23 +55,26 @@ impl<'a> TextStream<'a> {
         TextStream {
             tok,
             ids: Vec::new(),
-            shown: 0,
+            prefix: 0,
+            read: 0,
         }
     }
 
     /// Adds a token and returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> String {
         self.ids.push(id);
-        let text = self.tok.decode(&self.ids).unwrap_or_default();
+        let decode = |ids: &[u32]| self.tok.decode(ids).unwrap_or_default();
+        let before = decode(&self.ids[self.prefix..self.read]);
+        let text = decode(&self.ids[self.prefix..]);
         if text.ends_with('\u{fffd}')
-            || text.len() <= self.shown
-            || !text.is_char_boundary(self.shown)
+            || text.len() <= before.len()
+            || !text.is_char_boundary(before.len())
         {
             return String::new();
         }
-        let new = text[self.shown..].to_string();
-        self.shown = text.len();
-        new
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        text[before.len()..].to_string()
     }
 }
 
