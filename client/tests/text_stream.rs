@@ -14,7 +14,10 @@ fn pieces_add_up_to_the_whole_decoding() {
     let mut pieces = String::new();
     for id in &ids {
         let piece = stream.push(*id);
-        assert!(!piece.contains('\u{fffd}'), "a piece split a character: {piece:?}");
+        assert!(
+            !piece.contains('\u{fffd}'),
+            "a piece split a character: {piece:?}"
+        );
         pieces.push_str(&piece);
     }
     assert_eq!(pieces, tok.decode(&ids).unwrap());
