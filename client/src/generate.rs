@@ -14,6 +14,18 @@ pub enum StopReason {
     Length,
     /// The model's context is full.
     Context,
+    /// The caller stopped it (a stop string, a closed connection).
+    Stopped,
+}
+
+impl StopReason {
+    /// OpenAI's name for it.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            StopReason::EndOfTurn | StopReason::Stopped => "stop",
+            StopReason::Length | StopReason::Context => "length",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -24,16 +36,26 @@ pub struct Generation {
     pub time_to_first_token: Duration,
     pub decode_time: Duration,
     pub stop: StopReason,
+    /// Along a swarm: the compute time of each hop, summed over the decode steps (all steps
+    /// after the first).
+    pub hop_compute: Vec<Duration>,
+    /// Steps after the first, which `decode_time` and `hop_compute` cover.
+    pub decode_steps: usize,
 }
 
 impl Generation {
     /// Tokens per second after the first.
     pub fn decode_tokens_per_s(&self) -> f64 {
-        let n = self.ids.len().saturating_sub(1);
+        let n = self.decode_steps;
         if n == 0 || self.decode_time.is_zero() {
             return 0.0;
         }
         n as f64 / self.decode_time.as_secs_f64()
+    }
+
+    /// Tokens the model sampled: the ones shown, and the end-of-turn token that ended them.
+    pub fn completion_tokens(&self) -> usize {
+        self.ids.len() + usize::from(self.stop == StopReason::EndOfTurn)
     }
 }
 
@@ -102,20 +124,18 @@ impl<'a> Output<'a> {
     }
 
     /// Takes the token sampled when the context holds `pos` tokens; says why to stop, if so.
-    fn accept(
-        &mut self,
-        next: u32,
-        pos: usize,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Option<StopReason> {
+    /// `on_text` gets each new piece of text and returns false to stop.
+    fn accept(&mut self, next: u32, pos: usize, on_text: &mut OnText) -> Option<StopReason> {
         if self.tok.stop_ids.contains(&next) {
             return Some(StopReason::EndOfTurn);
         }
         self.ids.push(next);
         let piece = self.stream.push(next);
         if !piece.is_empty() {
-            on_text(&piece);
             self.text.push_str(&piece);
+            if !on_text(&piece) {
+                return Some(StopReason::Stopped);
+            }
         }
         if self.ids.len() >= self.max_tokens {
             return Some(StopReason::Length);
@@ -137,9 +157,14 @@ impl<'a> Output<'a> {
             time_to_first_token: ttft,
             decode_time: start.elapsed().saturating_sub(ttft),
             stop,
+            hop_compute: Vec::new(),
+            decode_steps: 0,
         }
     }
 }
+
+/// What a generation calls with each new piece of text; returning false stops it.
+pub type OnText<'a> = dyn FnMut(&str) -> bool + Send + 'a;
 
 /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each new piece of text.
 /// Stop tokens end the generation and are not shown.
@@ -149,7 +174,7 @@ pub fn generate(
     prompt: &[u32],
     max_tokens: usize,
     params: Sampling,
-    on_text: &mut dyn FnMut(&str),
+    on_text: &mut OnText,
 ) -> Result<Generation, RunError> {
     let start = Instant::now();
     let vocab = engine.vocab();
@@ -158,6 +183,7 @@ pub fn generate(
     let mut sampler = Sampler::new(params);
     let mut out = Output::new(tok, max_tokens, engine.context());
     let mut ttft = None;
+    let mut decode_steps = 0;
     let stop = loop {
         let next = sampler.sample(&last[last.len() - vocab..]);
         ttft.get_or_insert_with(|| start.elapsed());
@@ -165,31 +191,44 @@ pub fn generate(
             break stop;
         }
         last = engine.forward(&mut cache, SpanInput::Tokens(&[next]), Logits::Last)?;
+        decode_steps += 1;
     };
-    Ok(out.finish(prompt.len(), start, ttft.unwrap_or_default(), stop))
+    let mut g = out.finish(prompt.len(), start, ttft.unwrap_or_default(), stop);
+    g.decode_steps = decode_steps;
+    Ok(g)
 }
 
 /// Generates along a swarm session, as [`generate`] does in one process: the hop holding
-/// `head` samples with the session's settings.
+/// `head` samples with the session's settings. `prompt` is what to add to what the session
+/// already holds (all of the prompt for a new session).
 pub async fn generate_remote(
     session: &mut crate::remote::RemoteSession,
     tok: &Tokenizer,
     prompt: &[u32],
     max_tokens: usize,
-    context: usize,
-    on_text: &mut (dyn FnMut(&str) + Send),
+    on_text: &mut OnText<'_>,
 ) -> Result<Generation, baton_node::net::NetError> {
     let start = Instant::now();
+    let context = session.max_tokens();
     let mut out = Output::new(tok, max_tokens, context);
     let mut next = session.step(prompt).await?.token;
     let ttft = start.elapsed();
-    let mut pos = prompt.len();
+    let mut hop_compute: Vec<Duration> = Vec::new();
+    let mut decode_steps = 0;
     let stop = loop {
-        if let Some(stop) = out.accept(next, pos, on_text) {
+        if let Some(stop) = out.accept(next, session.fed().len(), on_text) {
             break stop;
         }
-        next = session.step(&[next]).await?.token;
-        pos += 1;
+        let t = session.step(&[next]).await?;
+        hop_compute.resize(t.hop_us.len().max(hop_compute.len()), Duration::ZERO);
+        for (sum, us) in hop_compute.iter_mut().zip(&t.hop_us) {
+            *sum += Duration::from_micros(*us as u64);
+        }
+        next = t.token;
+        decode_steps += 1;
     };
-    Ok(out.finish(prompt.len(), start, ttft, stop))
+    let mut g = out.finish(prompt.len(), start, ttft, stop);
+    g.hop_compute = hop_compute;
+    g.decode_steps = decode_steps;
+    Ok(g)
 }

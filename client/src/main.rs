@@ -29,6 +29,12 @@ enum Command {
     Swarm(cli::swarm::SwarmArgs),
     /// Show the route a generation would take, with each hop's round trip and expected time.
     Route(cli::swarm::SwarmArgs),
+    /// Chat with a model in the terminal, along a swarm (--bootstrap) or on nodes started in
+    /// this process (--local, the default).
+    Chat(cli::chat::ChatArgs),
+    /// Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /// /v1/models) over a swarm (--bootstrap) or local nodes (--local, the default).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -39,11 +45,32 @@ fn main() {
         Command::Generate(a) => block_on(cli::generate::run_remote(a)),
         Command::Swarm(a) => block_on(cli::swarm::swarm(a)),
         Command::Route(a) => block_on(cli::swarm::route(a)),
+        Command::Chat(a) => a
+            .source
+            .prepare()
+            .and_then(|_| block_on_threads(cli::chat::run(a))),
+        Command::Serve(a) => a
+            .source
+            .prepare()
+            .and_then(|_| block_on_threads(cli::serve::run(a))),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A runtime for local nodes and concurrent requests: nodes compute on a worker thread while
+/// others keep the network going.
+fn block_on_threads(
+    f: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
 }
 
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

@@ -39,6 +39,9 @@ pub struct RemoteSession {
     /// Tokens and errors from every hop.
     inbox: mpsc::UnboundedReceiver<Message>,
     timeout: Duration,
+    /// Every token sent through the session so far: what its KV caches hold.
+    fed: Vec<u32>,
+    max_tokens: usize,
 }
 
 fn random_id() -> u64 {
@@ -118,6 +121,8 @@ impl RemoteSession {
             streams,
             inbox,
             timeout: options.step_timeout,
+            fed: Vec::new(),
+            max_tokens: options.max_tokens as usize,
         })
     }
 
@@ -139,12 +144,23 @@ impl RemoteSession {
             match msg {
                 Message::Token(t) if t.session == self.id && t.seq == seq => {
                     self.seq += 1;
+                    self.fed.extend_from_slice(tokens);
                     return Ok(t);
                 }
                 Message::Error(e) => return Err(NetError::Remote(e)),
                 _ => continue,
             }
         }
+    }
+
+    /// The tokens the session's caches hold, in order.
+    pub fn fed(&self) -> &[u32] {
+        &self.fed
+    }
+
+    /// The most tokens the session was opened for.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
     }
 
     /// Frees the session on every hop.

@@ -92,7 +92,7 @@ async fn three_nodes_generate_exactly_what_one_process_does() {
             &case.prompt_ids,
             n,
             Sampling::default(),
-            &mut |_| {},
+            &mut |_| true,
         )
         .unwrap();
         let remote = remote_greedy(&route, WireDtype::F32, &case.prompt_ids, local.ids.len()).await;

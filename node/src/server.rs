@@ -197,8 +197,29 @@ impl Server {
             }
         }
         Self::reply(&send, Message::Hello(Hello::new(&self.options.name))).await;
+        let mut opened = Vec::new();
+        self.serve_messages(&send, &mut recv, &mut opened).await;
+        // A session lives as long as the stream that opened it: when the client (or the hop
+        // before) goes away, its caches are freed, and the streams to the next hops close too.
+        if let Ok(mut sessions) = self.sessions.lock() {
+            for id in opened {
+                if sessions.remove(&id).is_some() {
+                    info!("session {id:016x} closed: its stream ended");
+                }
+            }
+        }
+    }
+
+    /// Answers the messages of one stream until it ends; `opened` collects the sessions it
+    /// opened.
+    async fn serve_messages(
+        &self,
+        send: &Send,
+        recv: &mut quinn::RecvStream,
+        opened: &mut Vec<u64>,
+    ) {
         loop {
-            let msg = match net::read_msg(&mut recv).await {
+            let msg = match net::read_msg(recv).await {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 // The frame was read whole, so the stream is still in step: answer and go on.
@@ -207,7 +228,7 @@ impl Server {
                         WireError::TooLarge(_) => ErrorCode::TooLarge,
                         _ => ErrorCode::Malformed,
                     };
-                    Self::reply(&send, Message::Error(error(0, 0, code, e.to_string()))).await;
+                    Self::reply(send, Message::Error(error(0, 0, code, e.to_string()))).await;
                     if matches!(e, WireError::TooLarge(_)) {
                         // The oversized body was not read: the stream cannot be resynchronized.
                         return;
@@ -220,13 +241,20 @@ impl Server {
                 }
             };
             let result = match msg {
-                Message::OpenSession(o) => self.open(o, send.clone()).await,
+                Message::OpenSession(o) => {
+                    let id = o.session;
+                    let r = self.open(o, send.clone()).await;
+                    if r.is_ok() {
+                        opened.push(id);
+                    }
+                    r
+                }
                 Message::Step(s) => {
-                    self.step(s.session, s.seq, StepInput::Tokens(s.tokens))
+                    self.step(s.session, s.seq, StepInput::Tokens(s.tokens), Vec::new())
                         .await
                 }
                 Message::Forward(f) => {
-                    self.step(f.session, f.seq, StepInput::Hidden(f.hidden))
+                    self.step(f.session, f.seq, StepInput::Hidden(f.hidden), f.hop_us)
                         .await
                 }
                 Message::Close(c) => {
@@ -239,7 +267,7 @@ impl Server {
                 }
                 Message::GetModelInfo(g) => match &self.options.model_info {
                     Some(info) if info.model_id == g.model_id => {
-                        Self::reply(&send, Message::ModelInfo(info.clone())).await;
+                        Self::reply(send, Message::ModelInfo(info.clone())).await;
                         Ok(())
                     }
                     Some(_) => {
@@ -262,7 +290,7 @@ impl Server {
             };
             if let Err(e) = result {
                 debug!("error answered: {e:?}");
-                Self::reply(&send, Message::Error(e)).await;
+                Self::reply(send, Message::Error(e)).await;
             }
         }
     }
@@ -388,7 +416,14 @@ impl Server {
         Ok(Arc::new(AsyncMutex::new(send)))
     }
 
-    async fn step(&self, id: u64, seq: u64, input: StepInput) -> Result<(), ErrorMsg> {
+    /// Runs one step of a session; `hop_us` holds the compute times of the hops before this one.
+    async fn step(
+        &self,
+        id: u64,
+        seq: u64,
+        input: StepInput,
+        mut hop_us: Vec<u32>,
+    ) -> Result<(), ErrorMsg> {
         let fail = |code, msg: String| error(id, seq, code, msg);
         let session = self
             .sessions
@@ -423,10 +458,9 @@ impl Server {
         let out = tokio::task::block_in_place(|| self.engine.run_step(cache, input, Logits::Last))
             .map_err(|e| fail(error_code(&e), e.to_string()))?;
         s.seq += 1;
-        debug!(
-            "session {id:016x} step {seq}: computed in {:?}",
-            started.elapsed()
-        );
+        let took = started.elapsed();
+        debug!("session {id:016x} step {seq}: computed in {took:?}");
+        hop_us.push(took.as_micros().min(u32::MAX as u128) as u32);
         match &s.next {
             Some(next) => {
                 let tokens = (out.len() / hidden) as u32;
@@ -434,6 +468,7 @@ impl Server {
                     session: id,
                     seq,
                     hidden: HiddenStates::encode(&out, tokens, hidden as u32, s.wire),
+                    hop_us,
                 });
                 net::write_msg(&mut *next.lock().await, &msg)
                     .await
@@ -447,6 +482,7 @@ impl Server {
                     seq,
                     token,
                     logprob,
+                    hop_us,
                 });
                 let reply = s.reply.clone();
                 drop(s);

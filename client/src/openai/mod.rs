@@ -1,0 +1,428 @@
+//! `baton serve`: an OpenAI-compatible HTTP server over a model served by a swarm.
+//!
+//! Every request is its own session along the swarm, so concurrent requests run concurrently
+//! (pipelined through the hops). Streamed answers are server-sent events ending in
+//! `data: [DONE]`, as OpenAI's are.
+
+pub mod types;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_node::tokenizer::Message;
+use baton_protocol::wire::Sampling;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::generate::{generate_remote, Generation};
+use crate::model::{PromptError, SwarmModel};
+use crate::route::RouteError;
+use crate::stop::StopStrings;
+use crate::swarm::SwarmError;
+use types::{ChatRequest, Common, CompletionRequest, Head, Kind, Prompt, Stop, Usage};
+
+pub struct AppState {
+    pub model: SwarmModel,
+    started: u64,
+    requests: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(model: SwarmModel) -> Arc<AppState> {
+        Arc::new(AppState {
+            model,
+            started: now(),
+            requests: AtomicU64::new(0),
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "no such endpoint",
+            )
+        })
+        .with_state(state)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    fn code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": null,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<PromptError> for ApiError {
+    fn from(e: PromptError) -> ApiError {
+        match e {
+            PromptError::TooLong { .. } => {
+                ApiError::bad_request(e.to_string()).code("context_length_exceeded")
+            }
+            _ => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<SwarmError> for ApiError {
+    fn from(e: SwarmError) -> ApiError {
+        let code = match &e {
+            SwarmError::Route(RouteError::Uncovered(_)) => "model_not_covered",
+            SwarmError::Route(_) | SwarmError::Empty => "no_route",
+            _ => "swarm_error",
+        };
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        )
+        .code(code)
+    }
+}
+
+/// Parses a JSON body ourselves, so that bad JSON gets OpenAI's error shape.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))
+}
+
+/// A request's settings, checked.
+struct Params {
+    sampling: Sampling,
+    max_tokens: Option<usize>,
+    stops: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
+    let model = &state.model;
+    if let Some(m) = &c.model {
+        if m != &model.name && m != &model.id {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model `{m}` does not exist; this server serves `{}`",
+                    model.name
+                ),
+            )
+            .code("model_not_found"));
+        }
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("only n=1 is supported"));
+    }
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_request("temperature must be between 0 and 2"));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request("top_p must be in (0, 1]"));
+    }
+    let stops = Stop::list(c.stop);
+    if stops.len() > 4 {
+        return Err(ApiError::bad_request("at most 4 stop strings"));
+    }
+    // Without a seed, each request samples differently, as OpenAI's do.
+    let seed = c
+        .seed
+        .unwrap_or_else(|| now() ^ state.requests.load(Ordering::Relaxed).wrapping_mul(0x9e37));
+    Ok(Params {
+        sampling: Sampling {
+            temperature,
+            top_k: 0,
+            top_p,
+            seed,
+        },
+        max_tokens: c.max_completion_tokens.or(c.max_tokens).map(|n| n as usize),
+        stops,
+        stream: c.stream,
+        include_usage: c.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&body)?;
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in req.messages {
+        let content = match m.content {
+            Some(c) => c.text().map_err(ApiError::bad_request)?,
+            None => String::new(),
+        };
+        messages.push(Message {
+            role: m.role,
+            content,
+        });
+    }
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("messages must not be empty"));
+    }
+    let p = params(&state, req.common)?;
+    let prompt = state.model.chat_prompt(&messages)?;
+    run(state, Kind::Chat, prompt, p).await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&body)?;
+    let text = match req.prompt {
+        Prompt::One(t) => t,
+        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Many(_) => return Err(ApiError::bad_request("give one prompt per request")),
+    };
+    let mut p = params(&state, req.common)?;
+    // OpenAI's default for completions.
+    p.max_tokens.get_or_insert(16);
+    let prompt = state.model.text_prompt(&text)?;
+    run(state, Kind::Completion, prompt, p).await
+}
+
+/// What a generation task sends to the response.
+enum Out {
+    Text(String),
+    Done(Generation),
+    Failed(String),
+}
+
+async fn run(
+    state: Arc<AppState>,
+    kind: Kind,
+    prompt: Vec<u32>,
+    p: Params,
+) -> Result<Response, ApiError> {
+    let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    let id = format!(
+        "{}-{:x}{n:x}",
+        if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        state.started
+    );
+    let context = state.model.context();
+    let room = context - prompt.len();
+    let max_tokens = p.max_tokens.unwrap_or(room).min(room);
+    if max_tokens == 0 {
+        return Err(ApiError::bad_request("max_tokens must be at least 1"));
+    }
+    let mut session = state
+        .model
+        .open(p.sampling, prompt.len() + max_tokens)
+        .await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task_state = state.clone();
+    let stops = p.stops.clone();
+    tokio::spawn(async move {
+        let mut filter = StopStrings::new(stops);
+        let text_tx = tx.clone();
+        let mut on_text = |piece: &str| {
+            let shown = filter.push(piece);
+            let open = shown.is_empty() || text_tx.send(Out::Text(shown)).is_ok();
+            open && !filter.stopped()
+        };
+        let tok = &task_state.model.tok;
+        let result = generate_remote(&mut session, tok, &prompt, max_tokens, &mut on_text).await;
+        session.close().await;
+        let _ = match result {
+            Ok(g) => {
+                let rest = filter.finish();
+                if !rest.is_empty() && !filter.stopped() {
+                    let _ = tx.send(Out::Text(rest));
+                }
+                tx.send(Out::Done(g))
+            }
+            Err(e) => {
+                warn!("generation failed: {e}");
+                tx.send(Out::Failed(e.to_string()))
+            }
+        };
+    });
+    let model = state.model.name.clone();
+    let created = now();
+    if !p.stream {
+        let mut text = String::new();
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Text(t) => text.push_str(&t),
+                Out::Done(g) => {
+                    log_done(&id, &g);
+                    let head = Head {
+                        id: &id,
+                        created,
+                        model: &model,
+                        kind,
+                    };
+                    let usage = Usage::new(g.prompt_tokens, g.completion_tokens());
+                    return Ok(
+                        Json(head.response(&text, g.stop.finish_reason(), usage)).into_response()
+                    );
+                }
+                Out::Failed(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "server_error",
+                        format!("the swarm failed during generation: {e}"),
+                    ))
+                }
+            }
+        }
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the generation ended without an answer",
+        ));
+    }
+    let first = (kind == Kind::Chat).then(|| {
+        let head = Head {
+            id: &id,
+            created,
+            model: &model,
+            kind,
+        };
+        head.role_chunk()
+    });
+    let include_usage = p.include_usage;
+    let events = stream::unfold(Some(rx), move |rx| {
+        let (id, model) = (id.clone(), model.clone());
+        async move {
+            let mut rx = rx?;
+            let head = Head {
+                id: &id,
+                created,
+                model: &model,
+                kind,
+            };
+            let items: Vec<Value> = match rx.recv().await {
+                Some(Out::Text(t)) => vec![head.chunk(Some(&t), None)],
+                Some(Out::Done(g)) => {
+                    log_done(&id, &g);
+                    let mut v = vec![head.chunk(None, Some(g.stop.finish_reason()))];
+                    if include_usage {
+                        v.push(
+                            head.usage_chunk(Usage::new(g.prompt_tokens, g.completion_tokens())),
+                        );
+                    }
+                    return Some((v, None));
+                }
+                Some(Out::Failed(e)) => {
+                    let err = ApiError::new(StatusCode::BAD_GATEWAY, "server_error", e);
+                    return Some((vec![err.body()], None));
+                }
+                None => return None,
+            };
+            Some((items, Some(rx)))
+        }
+    });
+    let stream = stream::iter(first.into_iter().map(|v| vec![v]))
+        .chain(events)
+        .flat_map(|items| stream::iter(items.into_iter().map(|v| v.to_string())))
+        .chain(stream::once(async { "[DONE]".to_string() }))
+        .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+    Ok(sse(stream))
+}
+
+fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(stream).into_response()
+}
+
+fn log_done(id: &str, g: &Generation) {
+    info!(
+        "{id}: {} prompt tokens, {} completion tokens, first token after {:.0} ms, {:.1} tokens/s",
+        g.prompt_tokens,
+        g.completion_tokens(),
+        g.time_to_first_token.as_secs_f64() * 1e3,
+        g.decode_tokens_per_s()
+    );
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model.name,
+            "object": "model",
+            "created": state.started,
+            "owned_by": "baton",
+            "root": state.model.id,
+            "max_model_len": state.model.context(),
+        }],
+    }))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let route: Vec<Value> = state
+        .model
+        .route()
+        .iter()
+        .map(|h| json!({"name": h.record.name, "span": h.record.span.to_string()}))
+        .collect();
+    Json(json!({"status": "ok", "model": state.model.name, "route": route}))
+}
