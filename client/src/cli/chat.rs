@@ -85,7 +85,11 @@ fn lines() -> mpsc::UnboundedReceiver<String> {
 pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.temperature >= 0.0, "--temperature must be 0 or more");
     anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
-    let source = a.source.connect().await?;
+    // Ctrl-C while loading leaves; from then on it stops an answer.
+    let source = tokio::select! {
+        s = a.source.connect() => s?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
     let model = &source.model;
     let out = Out {
         tty: std::io::stdin().is_terminal(),
@@ -175,9 +179,6 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
                 }
                 let text = shown.lock().map(|s| s.clone()).unwrap_or_default();
                 chat.interrupted(line, &text);
-                if !out.tty {
-                    break;
-                }
             }
         }
     }

@@ -12,6 +12,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use super::NetError;
 
+/// How long a handshake may take: a peer that has gone away is given up on quickly.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
@@ -48,10 +51,12 @@ pub async fn connect(
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport());
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(client, addr, "baton")
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
+        .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| fail(e.to_string()))?;
     let got = peer_of(&conn)?;
     if got != expected {
