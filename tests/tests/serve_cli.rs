@@ -34,7 +34,13 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("baton serve starts");
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take();
+        // Owned from here, so that the process is killed if it never says where it listens.
+        let mut server = Server {
+            child,
+            url: String::new(),
+        };
+        let stderr = stderr.expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -47,10 +53,8 @@ impl Server {
                 .expect("baton serve says where it listens");
             if let Some(rest) = line.split(" at http://").nth(1) {
                 let addr = rest.split("/v1").next().expect("an address");
-                return Server {
-                    child,
-                    url: format!("http://{addr}"),
-                };
+                server.url = format!("http://{addr}");
+                return server;
             }
         }
     }
