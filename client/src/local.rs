@@ -65,6 +65,10 @@ impl LocalSwarm {
                 max_blocks: None,
                 max_sessions: 64,
                 public_addr: None,
+                max_kv_tokens: None,
+                idle_timeout: std::time::Duration::from_secs(300),
+                swarm_key: None,
+                allow: Vec::new(),
             };
             let node = join(options, generate_identity(), &mut |d, t| progress(i, d, t)).await?;
             if bootstrap.is_empty() {
@@ -77,7 +81,7 @@ impl LocalSwarm {
 
     /// A client of this swarm, once it sees every node's record.
     pub async fn client(&self) -> Result<SwarmClient, SwarmError> {
-        let client = SwarmClient::connect(self.bootstrap.clone()).await?;
+        let client = SwarmClient::connect(self.bootstrap.clone(), Default::default(), None).await?;
         let start = Instant::now();
         while client.dht.lookup(None).await?.len() < self.nodes.len() {
             if start.elapsed() > Duration::from_secs(20) {

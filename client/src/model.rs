@@ -85,6 +85,7 @@ impl SwarmModel {
             max_tokens: tokens.min(self.context()) as u32,
             step_timeout: STEP_TIMEOUT,
             logprobs: false,
+            swarm_key: self.client.access.swarm_key,
         };
         match self.client.open(&self.route(), &options).await {
             Ok(s) => Ok(s),

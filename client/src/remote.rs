@@ -1,13 +1,25 @@
 //! A generation across a route of nodes: open a session on every hop, send each step to the
 //! first hop only, and receive the sampled token from the hop that holds `head`.
+//!
+//! The session outlives its hops. When a step goes unanswered, the client asks every hop
+//! whether it is alive; the hops that do not answer are replaced by nodes serving the same
+//! span. The surviving hops forget the step that was in flight, the hop before each
+//! replacement replays into it the hidden states it had sent downstream (the client replays
+//! the tokens when the first hop is replaced), and the step runs again: the generation goes on
+//! with exactly the tokens it would have had, for one prefill of the failed span. A hop that
+//! announces it is leaving is replaced the same way between two steps, with nothing to undo.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use baton_node::net::{self, Keypair, NetError, PeerId};
-use baton_protocol::wire::{Close, Hello, Message, NextHop, OpenSession, Sampling, Step, TokenOut};
+use baton_node::net::{self, Greeting, Keypair, NetError, PeerId, SwarmKey};
+use baton_protocol::wire::{
+    Close, ErrorCode, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut, Truncate,
+};
 use baton_protocol::{Span, WireDtype};
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 /// One hop of a route: who, where, and which blocks.
@@ -16,6 +28,8 @@ pub struct Hop {
     pub peer_id: PeerId,
     pub addr: SocketAddr,
     pub span: Span,
+    /// A name for messages.
+    pub name: String,
 }
 
 #[derive(Clone, Debug)]
@@ -29,19 +43,143 @@ pub struct SessionOptions {
     pub step_timeout: Duration,
     /// Ask the head hop for each token's log-probability.
     pub logprobs: bool,
+    /// A private swarm's key.
+    pub swarm_key: Option<SwarmKey>,
+}
+
+/// Finds a node that serves `span`, other than the peers given: a replacement for a hop.
+pub type FindHop = Arc<dyn Fn(Span, Vec<PeerId>) -> BoxFuture<'static, Option<Hop>> + Send + Sync>;
+
+/// What hears about repairs of a session's route.
+pub type OnEvent = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Why a hop was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairKind {
+    /// It stopped answering.
+    Failed,
+    /// It said it was shutting down.
+    Left,
+}
+
+/// One hop replaced during a session.
+#[derive(Clone, Debug)]
+pub struct Repair {
+    pub kind: RepairKind,
+    pub span: Span,
+    pub from: String,
+    pub to: String,
+    /// From the start of the step that met the failure to its token (for a failure), or how
+    /// long the move took between two steps (for a node that left).
+    pub took: Duration,
+}
+
+/// How long a step may go unanswered before the client checks that every hop is alive.
+const PROBE_AFTER: Duration = Duration::from_millis(500);
+/// How long a hop has to answer that check, and to acknowledge a repair.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+const REPAIR_WAIT: Duration = Duration::from_secs(10);
+
+/// The client's stream to one hop.
+struct Link {
+    id: u64,
+    send: quinn::SendStream,
+    conn: quinn::Connection,
+}
+
+/// What opens links: the endpoint, who we are, and where the links' messages go.
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    key: Keypair,
+    greeting: Greeting,
+    tx: mpsc::UnboundedSender<(u64, Message)>,
+    next_id: u64,
+}
+
+impl Dialer {
+    /// Opens the session on `hop`, sending its output to `next`.
+    async fn link(
+        &mut self,
+        session: u64,
+        options: &SessionOptions,
+        hop: &Hop,
+        next: Option<&Hop>,
+    ) -> Result<Link, NetError> {
+        let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
+        let (mut send, mut recv) =
+            net::open_stream(&conn, &hop.peer_id, &self.greeting, REPAIR_WAIT).await?;
+        let open = OpenSession {
+            session,
+            model_id: options.model_id.clone(),
+            span: hop.span,
+            next: next.map(next_hop),
+            sampling: options.sampling,
+            wire_dtype: options.wire_dtype,
+            max_tokens: options.max_tokens,
+            logprobs: options.logprobs,
+        };
+        net::write_msg(&mut send, &Message::OpenSession(open)).await?;
+        match tokio::time::timeout(options.step_timeout, net::read_msg(&mut recv)).await {
+            Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == session => {}
+            Ok(Ok(Some(Message::Error(e)))) => return Err(NetError::Remote(e)),
+            Ok(Ok(other)) => {
+                return Err(NetError::Protocol(format!(
+                    "unexpected answer to open: {other:?}"
+                )))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(NetError::Timeout(options.step_timeout, "a session to open")),
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
+                if tx.send((id, msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Link { id, send, conn })
+    }
+}
+
+fn next_hop(h: &Hop) -> NextHop {
+    NextHop {
+        peer_id: h.peer_id.to_string(),
+        addr: h.addr.to_string(),
+        span: h.span,
+    }
+}
+
+/// How a step went wrong.
+enum Failure {
+    /// Hops that did not answer a liveness check.
+    Dead(Vec<usize>),
+    /// Something a repair may fix (a stream that broke, a hop reporting its next hop gone).
+    Route(NetError),
+    /// Something no repair fixes (a malformed request, a full context).
+    Fatal(NetError),
 }
 
 pub struct RemoteSession {
     pub id: u64,
     seq: u64,
+    route: Vec<Hop>,
     /// One control stream per hop, in route order.
-    streams: Vec<quinn::SendStream>,
-    /// Tokens and errors from every hop.
-    inbox: mpsc::UnboundedReceiver<Message>,
-    timeout: Duration,
+    links: Vec<Link>,
+    dialer: Dialer,
+    /// Tokens, acknowledgements and errors from every link, by link id.
+    inbox: mpsc::UnboundedReceiver<(u64, Message)>,
+    options: SessionOptions,
     /// Every token sent through the session so far: what its KV caches hold.
     fed: Vec<u32>,
-    max_tokens: usize,
+    /// Hops that said they are leaving, to move between steps.
+    leaving: Vec<usize>,
+    find: Option<FindHop>,
+    /// Called with a line about each repair.
+    pub on_event: Option<OnEvent>,
+    pub repairs: Vec<Repair>,
 }
 
 fn random_id() -> u64 {
@@ -57,100 +195,49 @@ fn random_id() -> u64 {
 
 impl RemoteSession {
     /// Opens the session on every hop, the last first, so that each hop finds its next hop
-    /// ready when it connects to it.
+    /// ready when it connects to it. With `find`, failed and leaving hops are replaced.
     pub async fn open(
         endpoint: &quinn::Endpoint,
         key: &Keypair,
         route: &[Hop],
         options: &SessionOptions,
+        find: Option<FindHop>,
     ) -> Result<RemoteSession, NetError> {
         if route.is_empty() {
             return Err(NetError::Protocol("an empty route".into()));
         }
         let id = random_id();
         let (tx, inbox) = mpsc::unbounded_channel();
-        let mut streams = Vec::with_capacity(route.len());
+        let mut dialer = Dialer {
+            endpoint: endpoint.clone(),
+            key: key.clone(),
+            greeting: Greeting {
+                name: "baton".into(),
+                me: key.public().to_peer_id(),
+                swarm_key: options.swarm_key,
+            },
+            tx,
+            next_id: 0,
+        };
+        let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
-            let conn = net::connect(endpoint, key, hop.addr, hop.peer_id).await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            net::write_msg(&mut send, &Message::Hello(Hello::new("baton"))).await?;
-            expect_hello(&mut recv).await?;
-            let next = route.get(i + 1).map(|n| NextHop {
-                peer_id: n.peer_id.to_string(),
-                addr: n.addr.to_string(),
-                span: n.span,
-            });
-            let open = OpenSession {
-                session: id,
-                model_id: options.model_id.clone(),
-                span: hop.span,
-                next,
-                sampling: options.sampling,
-                wire_dtype: options.wire_dtype,
-                max_tokens: options.max_tokens,
-                logprobs: options.logprobs,
-            };
-            net::write_msg(&mut send, &Message::OpenSession(open)).await?;
-            match tokio::time::timeout(options.step_timeout, net::read_msg(&mut recv)).await {
-                Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == id => {}
-                Ok(Ok(Some(Message::Error(e)))) => return Err(NetError::Remote(e)),
-                Ok(Ok(other)) => {
-                    return Err(NetError::Protocol(format!(
-                        "unexpected answer to open: {other:?}"
-                    )))
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(NetError::Timeout(options.step_timeout, "a session to open")),
-            }
-            let tx = tx.clone();
-            // Keep the connection alive as long as this reader runs.
-            tokio::spawn(async move {
-                let _conn = conn;
-                while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
-                    if tx.send(msg).is_err() {
-                        break;
-                    }
-                }
-            });
-            streams.push(send);
+            links.push(dialer.link(id, options, hop, route.get(i + 1)).await?);
         }
-        streams.reverse();
+        links.reverse();
         Ok(RemoteSession {
             id,
             seq: 0,
-            streams,
+            route: route.to_vec(),
+            links,
+            dialer,
             inbox,
-            timeout: options.step_timeout,
+            options: options.clone(),
             fed: Vec::new(),
-            max_tokens: options.max_tokens as usize,
+            leaving: Vec::new(),
+            find,
+            on_event: None,
+            repairs: Vec::new(),
         })
-    }
-
-    /// Runs `tokens` through the route and returns the token the head hop sampled after them.
-    pub async fn step(&mut self, tokens: &[u32]) -> Result<TokenOut, NetError> {
-        let seq = self.seq;
-        let step = Step {
-            session: self.id,
-            seq,
-            tokens: tokens.to_vec(),
-        };
-        net::write_msg(&mut self.streams[0], &Message::Step(step)).await?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.inbox.recv())
-                .await
-                .map_err(|_| NetError::Timeout(self.timeout, "a token"))?
-                .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
-            match msg {
-                Message::Token(t) if t.session == self.id && t.seq == seq => {
-                    self.seq += 1;
-                    self.fed.extend_from_slice(tokens);
-                    return Ok(t);
-                }
-                Message::Error(e) => return Err(NetError::Remote(e)),
-                _ => continue,
-            }
-        }
     }
 
     /// The tokens the session's caches hold, in order.
@@ -160,22 +247,293 @@ impl RemoteSession {
 
     /// The most tokens the session was opened for.
     pub fn max_tokens(&self) -> usize {
-        self.max_tokens
+        self.options.max_tokens as usize
+    }
+
+    /// The hops in use now.
+    pub fn route(&self) -> &[Hop] {
+        &self.route
+    }
+
+    fn event(&self, line: &str) {
+        if let Some(f) = &self.on_event {
+            f(line);
+        }
+    }
+
+    fn hop_of_link(&self, link: u64) -> Option<usize> {
+        self.links.iter().position(|l| l.id == link)
+    }
+
+    /// Runs `tokens` through the route and returns the token the head hop sampled after them,
+    /// repairing the route on the way if a hop fails.
+    pub async fn step(&mut self, tokens: &[u32]) -> Result<TokenOut, NetError> {
+        let started = Instant::now();
+        let mut repaired: Vec<(usize, Hop)> = Vec::new();
+        for attempt in 0.. {
+            let failure = match self.try_step(tokens).await {
+                Ok(t) => {
+                    self.seq += 1;
+                    self.fed.extend_from_slice(tokens);
+                    for (k, old) in repaired {
+                        self.record(RepairKind::Failed, k, &old, started.elapsed());
+                    }
+                    self.move_leaving().await;
+                    return Ok(t);
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(f) => f,
+            };
+            let dead = match failure {
+                Failure::Dead(d) => d,
+                Failure::Route(e) => {
+                    let d = self.probe().await;
+                    if d.is_empty() {
+                        return Err(e);
+                    }
+                    d
+                }
+                Failure::Fatal(_) => unreachable!("returned above"),
+            };
+            if self.find.is_none() || attempt >= 3 {
+                return Err(NetError::Protocol(format!(
+                    "hop(s) {} stopped answering",
+                    self.names(&dead)
+                )));
+            }
+            self.event(&format!(
+                "{} stopped answering at step {}; repairing the route",
+                self.names(&dead),
+                self.seq
+            ));
+            self.truncate_alive(&dead).await?;
+            for k in dead {
+                let old = self.route[k].clone();
+                self.replace(k, &[old.peer_id]).await?;
+                repaired.push((k, old));
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn names(&self, hops: &[usize]) -> String {
+        let n: Vec<String> = hops
+            .iter()
+            .map(|&k| format!("{} ({})", self.route[k].name, self.route[k].span))
+            .collect();
+        n.join(", ")
+    }
+
+    fn record(&mut self, kind: RepairKind, k: usize, old: &Hop, took: Duration) {
+        let new = &self.route[k];
+        let r = Repair {
+            kind,
+            span: old.span,
+            from: old.name.clone(),
+            to: new.name.clone(),
+            took,
+        };
+        self.event(&format!(
+            "blocks {} moved from {} to {} ({}): {:.0} ms",
+            r.span,
+            r.from,
+            r.to,
+            match kind {
+                RepairKind::Failed => "it failed; the step was repaired and run again",
+                RepairKind::Left => "it is shutting down; moved between steps",
+            },
+            took.as_secs_f64() * 1e3
+        ));
+        self.repairs.push(r);
+    }
+
+    async fn try_step(&mut self, tokens: &[u32]) -> Result<TokenOut, Failure> {
+        let seq = self.seq;
+        let step = Message::Step(Step {
+            session: self.id,
+            seq,
+            tokens: tokens.to_vec(),
+            replay: false,
+        });
+        net::write_msg(&mut self.links[0].send, &step)
+            .await
+            .map_err(Failure::Route)?;
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.options.step_timeout;
+        let mut probed = false;
+        loop {
+            let until = if probed {
+                deadline
+            } else {
+                deadline.min(start + PROBE_AFTER)
+            };
+            let (link, msg) = match tokio::time::timeout_at(until, self.inbox.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(Failure::Route(NetError::Protocol(
+                        "every hop closed its stream".into(),
+                    )))
+                }
+                Err(_) if !probed => {
+                    probed = true;
+                    let dead = self.probe().await;
+                    if !dead.is_empty() {
+                        return Err(Failure::Dead(dead));
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    let t = self.options.step_timeout;
+                    return Err(Failure::Fatal(NetError::Timeout(t, "a token")));
+                }
+            };
+            // Messages from hops no longer in the route are stale.
+            let Some(hop) = self.hop_of_link(link) else {
+                continue;
+            };
+            match msg {
+                Message::Token(t) if t.session == self.id && t.seq == seq => return Ok(t),
+                Message::Leaving(l) if l.session == self.id => {
+                    if !self.leaving.contains(&hop) {
+                        self.leaving.push(hop);
+                    }
+                }
+                Message::Error(e) if e.code == ErrorCode::Downstream => {
+                    return Err(Failure::Route(NetError::Remote(e)))
+                }
+                Message::Error(e) if e.seq == seq || e.session == 0 || e.session == self.id => {
+                    return Err(Failure::Fatal(NetError::Remote(e)))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The hops that do not answer a hello on a new stream in time.
+    async fn probe(&self) -> Vec<usize> {
+        let checks = self.links.iter().zip(&self.route).map(|(l, h)| {
+            let greeting = &self.dialer.greeting;
+            async move {
+                l.conn.close_reason().is_none()
+                    && net::open_stream(&l.conn, &h.peer_id, greeting, PROBE_WAIT)
+                        .await
+                        .is_ok()
+            }
+        });
+        let alive = futures_util::future::join_all(checks).await;
+        (0..alive.len()).filter(|&k| !alive[k]).collect()
+    }
+
+    /// Waits for an `Ack` of this session from `link`.
+    async fn ack(&mut self, link: u64, what: &'static str) -> Result<(), NetError> {
+        let deadline = tokio::time::Instant::now() + REPAIR_WAIT;
+        loop {
+            let (from, msg) = tokio::time::timeout_at(deadline, self.inbox.recv())
+                .await
+                .map_err(|_| NetError::Timeout(REPAIR_WAIT, what))?
+                .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
+            match msg {
+                Message::Ack(a) if from == link && a.session == self.id => return Ok(()),
+                Message::Error(e) if from == link => return Err(NetError::Remote(e)),
+                Message::Leaving(l) if l.session == self.id => {
+                    if let Some(k) = self.hop_of_link(from).filter(|k| !self.leaving.contains(k)) {
+                        self.leaving.push(k);
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Makes every hop but `dead` forget the step in flight.
+    async fn truncate_alive(&mut self, dead: &[usize]) -> Result<(), NetError> {
+        let msg = Message::Truncate(Truncate {
+            session: self.id,
+            seq: self.seq,
+        });
+        for k in 0..self.links.len() {
+            if !dead.contains(&k) {
+                net::write_msg(&mut self.links[k].send, &msg).await?;
+                let id = self.links[k].id;
+                self.ack(id, "a truncation").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces hop `k` by another node serving its span (none of `exclude`), rebuilding the
+    /// newcomer's cache from what the hop before it sent (or from the tokens, for the first).
+    async fn replace(&mut self, k: usize, exclude: &[PeerId]) -> Result<(), NetError> {
+        let span = self.route[k].span;
+        let mut exclude = exclude.to_vec();
+        exclude.extend(self.leaving.iter().map(|&h| self.route[h].peer_id));
+        let find = self
+            .find
+            .clone()
+            .ok_or_else(|| NetError::Protocol("this session cannot repair its route".into()))?;
+        let new = find(span, exclude).await.ok_or(NetError::Uncovered(span))?;
+        let next = self.route.get(k + 1).cloned();
+        let link = self
+            .dialer
+            .link(self.id, &self.options, &new, next.as_ref())
+            .await?;
+        let mut link = Some(link);
+        if k == 0 {
+            let l = link.as_mut().ok_or(NetError::Uncovered(span))?;
+            if self.seq > 0 {
+                let replay = Message::Step(Step {
+                    session: self.id,
+                    seq: self.seq - 1,
+                    tokens: self.fed.clone(),
+                    replay: true,
+                });
+                net::write_msg(&mut l.send, &replay).await?;
+                let id = l.id;
+                self.ack(id, "the replay of the tokens").await?;
+            }
+        } else {
+            let redirect = Message::Redirect(Redirect {
+                session: self.id,
+                next: next_hop(&new),
+            });
+            net::write_msg(&mut self.links[k - 1].send, &redirect).await?;
+            let id = self.links[k - 1].id;
+            self.ack(id, "a redirection").await?;
+        }
+        let mut old = match link.take() {
+            Some(l) => std::mem::replace(&mut self.links[k], l),
+            None => return Err(NetError::Uncovered(span)),
+        };
+        self.route[k] = new;
+        self.leaving.retain(|&h| h != k);
+        let _ = net::write_msg(&mut old.send, &Message::Close(Close { session: self.id })).await;
+        let _ = old.send.finish();
+        Ok(())
+    }
+
+    /// Moves the hops that said they are leaving, between two steps.
+    async fn move_leaving(&mut self) {
+        while let Some(&k) = self.leaving.first() {
+            let started = Instant::now();
+            let old = self.route[k].clone();
+            match self.replace(k, &[old.peer_id]).await {
+                Ok(()) => self.record(RepairKind::Left, k, &old, started.elapsed()),
+                Err(e) => {
+                    self.event(&format!(
+                        "{} is leaving but cannot be replaced: {e}",
+                        old.name
+                    ));
+                    self.leaving.retain(|&h| h != k);
+                }
+            }
+        }
     }
 
     /// Frees the session on every hop.
     pub async fn close(mut self) {
-        for s in &mut self.streams {
-            let _ = net::write_msg(s, &Message::Close(Close { session: self.id })).await;
-            let _ = s.finish();
+        for l in &mut self.links {
+            let _ = net::write_msg(&mut l.send, &Message::Close(Close { session: self.id })).await;
+            let _ = l.send.finish();
         }
-    }
-}
-
-async fn expect_hello(recv: &mut quinn::RecvStream) -> Result<(), NetError> {
-    match net::read_msg(recv).await? {
-        Some(Message::Hello(_)) => Ok(()),
-        Some(Message::Error(e)) => Err(NetError::Remote(e)),
-        _ => Err(NetError::Protocol("the node did not say hello".into())),
     }
 }

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_node::dht::{Dht, DhtError};
 use baton_node::model::model_id;
-use baton_node::net::{self, generate_identity, Keypair, NetError, PeerId};
+use baton_node::net::{self, generate_identity, Access, Greeting, Keypair, NetError, PeerId};
 use baton_node::tokenizer::Tokenizer;
 use baton_protocol::record::NodeRecord;
-use baton_protocol::wire::{GetModelInfo, Hello, Message, ModelInfo};
+use baton_protocol::wire::{GetModelInfo, Message, ModelInfo};
 use libp2p::Multiaddr;
 
 use crate::remote::{Hop, RemoteSession};
@@ -36,14 +37,19 @@ pub enum SwarmError {
     Other(String),
 }
 
+#[derive(Clone)]
 pub struct SwarmClient {
     pub dht: Dht,
     pub key: Keypair,
     pub endpoint: quinn::Endpoint,
+    pub access: Access,
+    greeting: Greeting,
 }
 
 /// How long a client keeps asking a swarm it just joined before it concludes it is empty.
 const FIRST_LOOKUP: Duration = Duration::from_secs(10);
+/// How long a node has to answer a hello.
+const PING_WAIT: Duration = Duration::from_secs(3);
 
 fn first_addr(r: &NodeRecord) -> Option<SocketAddr> {
     r.addrs.iter().find_map(|a| a.parse().ok())
@@ -58,23 +64,41 @@ pub fn hop_of(r: &NodeRecord) -> Result<Hop, SwarmError> {
         addr: first_addr(r)
             .ok_or_else(|| SwarmError::Other(format!("{} has no address", r.name)))?,
         span: r.span,
+        name: r.name.clone(),
     })
 }
 
 impl SwarmClient {
-    pub async fn connect(bootstrap: Vec<Multiaddr>) -> Result<SwarmClient, SwarmError> {
-        let key = generate_identity();
+    /// Joins the swarm's DHT as a client. `access` holds a private swarm's key and the peers
+    /// this client may use (all when empty).
+    pub async fn connect(
+        bootstrap: Vec<Multiaddr>,
+        access: Access,
+        key: Option<Keypair>,
+    ) -> Result<SwarmClient, SwarmError> {
+        let key = key.unwrap_or_else(generate_identity);
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0"
             .parse()
             .map_err(|e| SwarmError::Other(format!("{e}")))?;
-        let dht = Dht::start(key.clone(), listen, bootstrap, false).await?;
+        let dht = Dht::start(key.clone(), listen, bootstrap, false, &access).await?;
         let endpoint = net::endpoint(
             &key,
             "0.0.0.0:0"
                 .parse()
                 .map_err(|e| SwarmError::Other(format!("{e}")))?,
         )?;
-        Ok(SwarmClient { dht, key, endpoint })
+        let greeting = Greeting {
+            name: "baton".into(),
+            me: key.public().to_peer_id(),
+            swarm_key: access.swarm_key,
+        };
+        Ok(SwarmClient {
+            dht,
+            key,
+            endpoint,
+            access,
+            greeting,
+        })
     }
 
     /// Every node's record, asking again for a while when the swarm was just joined.
@@ -134,12 +158,9 @@ impl SwarmClient {
         let mut best = Duration::MAX;
         for _ in 0..3 {
             let t0 = Instant::now();
-            let (mut send, mut recv) = conn.open_bi().await?;
-            net::write_msg(&mut send, &Message::Hello(Hello::new("ping"))).await?;
-            match net::read_msg(&mut recv).await? {
-                Some(Message::Hello(_)) => best = best.min(t0.elapsed()),
-                _ => return Err(NetError::Protocol("no hello back".into())),
-            }
+            let (mut send, _recv) =
+                net::open_stream(&conn, &hop.peer_id, &self.greeting, PING_WAIT).await?;
+            best = best.min(t0.elapsed());
             let _ = send.finish();
         }
         Ok(best)
@@ -164,8 +185,8 @@ impl SwarmClient {
         id: &str,
     ) -> Result<(ModelInfo, Tokenizer), SwarmError> {
         let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(NetError::from)?;
-        net::write_msg(&mut send, &Message::Hello(Hello::new("baton"))).await?;
+        let (mut send, mut recv) =
+            net::open_stream(&conn, &hop.peer_id, &self.greeting, PING_WAIT).await?;
         net::write_msg(
             &mut send,
             &Message::GetModelInfo(GetModelInfo {
@@ -189,7 +210,8 @@ impl SwarmClient {
         Ok((info, tok))
     }
 
-    /// Opens a generation session along a planned route.
+    /// Opens a generation session along a planned route; it replaces hops that fail or leave
+    /// with other nodes of the swarm serving the same span.
     pub async fn open(
         &self,
         route: &[PlannedHop],
@@ -199,7 +221,40 @@ impl SwarmClient {
             .iter()
             .map(|h| hop_of(&h.record))
             .collect::<Result<_, _>>()?;
-        Ok(RemoteSession::open(&self.endpoint, &self.key, &hops, options).await?)
+        let (me, model) = (self.clone(), options.model_id.clone());
+        let find: crate::remote::FindHop = Arc::new(move |span, exclude| {
+            let (me, model) = (me.clone(), model.clone());
+            Box::pin(async move { me.replacement(&model, span, &exclude).await })
+        });
+        Ok(RemoteSession::open(&self.endpoint, &self.key, &hops, options, Some(find)).await?)
+    }
+
+    /// The reachable node serving exactly `span` of `model` (none of `exclude`) with the
+    /// lowest round trip plus compute time.
+    pub async fn replacement(
+        &self,
+        model: &str,
+        span: baton_protocol::Span,
+        exclude: &[PeerId],
+    ) -> Option<Hop> {
+        let excluded: Vec<String> = exclude.iter().map(|p| p.to_string()).collect();
+        let candidates: Vec<NodeRecord> = self
+            .dht
+            .lookup(Some(model))
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|r| r.span == span && !excluded.contains(&r.peer_id))
+            .collect();
+        let rtt = self.rtts(&candidates).await;
+        candidates
+            .iter()
+            .filter_map(|r| {
+                let t = rtt.get(&r.peer_id)?.as_secs_f64() + 1.0 / r.tokens_per_s.max(1e-3) as f64;
+                Some((t, r))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .and_then(|(_, r)| hop_of(r).ok())
     }
 
     pub fn peer_id(&self) -> PeerId {

@@ -20,10 +20,8 @@ const MODEL_ID: &str = "smollm2-135m-test";
 fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
     let engine = Engine::load(model, span, BackendChoice::Cpu.into(), &mut |_, _| {}).unwrap();
     let options = ServerOptions {
-        name: format!("node {span}"),
-        model_id: MODEL_ID.into(),
         max_sessions: 8,
-        model_info: None,
+        ..ServerOptions::new(format!("node {span}"), MODEL_ID)
     };
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let server = Server::bind(Arc::new(engine), generate_identity(), listen, options).unwrap();
@@ -32,6 +30,7 @@ fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
         peer_id: server.peer_id(),
         addr: server.local_addr().unwrap(),
         span,
+        name: format!("node {span}"),
     };
     (server, hop)
 }
@@ -50,12 +49,13 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         max_tokens: 512,
         step_timeout: Duration::from_secs(60),
         logprobs: false,
+        swarm_key: None,
     }
 }
 
 async fn remote_greedy(route: &[Hop], wire: WireDtype, prompt: &[u32], n: usize) -> Vec<u32> {
     let (endpoint, key) = client();
-    let mut s = RemoteSession::open(&endpoint, &key, route, &options(wire))
+    let mut s = RemoteSession::open(&endpoint, &key, route, &options(wire), None)
         .await
         .unwrap();
     let mut out = vec![s.step(prompt).await.unwrap().token];
@@ -131,7 +131,7 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
         logprobs: true,
         ..options(WireDtype::F16)
     };
-    let mut good = RemoteSession::open(&endpoint, &key, &route, &with_logprobs)
+    let mut good = RemoteSession::open(&endpoint, &key, &route, &with_logprobs, None)
         .await
         .unwrap();
     let prompt = &cases().unwrap()[0].prompt_ids;
@@ -164,6 +164,7 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
             session,
             seq,
             tokens: vec![1],
+            replay: false,
         })
     };
     net::write_msg(&mut send, &step(12345, 0)).await.unwrap();

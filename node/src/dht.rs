@@ -11,14 +11,22 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_protocol::record::{NodeRecord, SignedRecord};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::{transport, upgrade, Transport};
 use libp2p::futures::StreamExt;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::kad::{
     self, store::MemoryStore, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, RecordKey,
 };
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{
+    allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+
+use crate::net::Access;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
@@ -41,6 +49,8 @@ pub enum DhtError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// With `--allow-peer`: connections only with those peers.
+    allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
 }
@@ -122,16 +132,15 @@ impl Dht {
         listen: Multiaddr,
         bootstrap: Vec<Multiaddr>,
         server: bool,
+        access: &Access,
     ) -> Result<Dht, DhtError> {
         let peer_id = key.public().to_peer_id();
         let err = |e: &dyn std::fmt::Display| DhtError::Libp2p(e.to_string());
+        let psk = access.swarm_key.map(PreSharedKey::new);
+        let allowed = access.allow.clone();
         let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_other_transport(|key| transport(key, psk))
             .map_err(|e| err(&e))?
             .with_behaviour(|key| {
                 let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
@@ -141,7 +150,16 @@ impl Dht {
                     .set_provider_publication_interval(Some(REPUBLISH))
                     .set_query_timeout(Duration::from_secs(10));
                 let id = key.public().to_peer_id();
+                let allow = (!allowed.is_empty()).then(|| {
+                    let mut a =
+                        allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                    for p in &allowed {
+                        a.allow_peer(*p);
+                    }
+                    a
+                });
                 Behaviour {
+                    allow: Toggle::from(allow),
                     kad: kad::Behaviour::with_config(id, MemoryStore::new(id), cfg),
                     identify: identify::Behaviour::new(identify::Config::new(
                         IDENTIFY_PROTOCOL.into(),
@@ -167,7 +185,7 @@ impl Dht {
             swarm.dial(addr).map_err(|e| err(&e))?;
         }
         let (commands, rx) = mpsc::channel(64);
-        tokio::spawn(run(swarm, rx));
+        tokio::spawn(run(swarm, rx, access.clone()));
         Ok(Dht { peer_id, commands })
     }
 
@@ -201,7 +219,32 @@ impl Dht {
     }
 }
 
-async fn run(mut swarm: Swarm<Behaviour>, mut rx: mpsc::Receiver<Command>) {
+/// TCP, in a private swarm wrapped in pnet (an outsider's connection fails its first bytes),
+/// then noise and yamux.
+fn transport(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<transport::Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    Ok(match psk {
+        None => tcp
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+            .boxed(),
+    })
+}
+
+async fn run(mut swarm: Swarm<Behaviour>, mut rx: mpsc::Receiver<Command>, access: Access) {
     let me = *swarm.local_peer_id();
     let mut listen: Vec<Multiaddr> = Vec::new();
     let mut waiting_addrs: Vec<oneshot::Sender<Vec<Multiaddr>>> = Vec::new();
@@ -264,7 +307,9 @@ async fn run(mut swarm: Swarm<Behaviour>, mut rx: mpsc::Receiver<Command>) {
                         QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(peer_record))) => {
                             if let Some(r) = verify(&peer_record.record.value, now_unix()) {
                                 if let Ok(p) = r.peer_id.parse::<PeerId>() {
-                                    lookup.found.insert(p, r);
+                                    if access.allows(&p) {
+                                        lookup.found.insert(p, r);
+                                    }
                                 }
                             }
                         }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use baton_shaders::DType;
 use memmap2::Mmap;
 
+use crate::blob::Blob;
+
 use crate::error::LoadError;
 
 /// One metadata value.
@@ -84,7 +86,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
-    pub map: Arc<Mmap>,
+    pub map: Arc<Blob>,
 }
 
 const GGML_NAMES: &[(u32, &str)] = &[
@@ -221,10 +223,15 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file changed underneath a running node is outside
         // what we can defend against, as for every memory-mapped loader.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, Arc::new(map))
+        Self::parse(path, Arc::new(Blob::Mapped(map)))
     }
 
-    fn parse(path: &Path, map: Arc<Mmap>) -> Result<Self, LoadError> {
+    /// Parses a GGUF file held in memory; `path` only names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, LoadError> {
+        Self::parse(path, Arc::new(Blob::Owned(bytes)))
+    }
+
+    fn parse(path: &Path, map: Arc<Blob>) -> Result<Self, LoadError> {
         let mut r = Reader {
             buf: &map[..],
             pos: 0,

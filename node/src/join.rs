@@ -51,6 +51,15 @@ pub struct JoinOptions {
     /// With `--span auto`: take at most this many blocks.
     pub max_blocks: Option<u32>,
     pub max_sessions: usize,
+    /// The most KV tokens the node's sessions may hold together (default: what the memory
+    /// left after the weights allows).
+    pub max_kv_tokens: Option<usize>,
+    /// Idle sessions are closed after this long.
+    pub idle_timeout: std::time::Duration,
+    /// A private swarm's key: peers without it are refused on both planes.
+    pub swarm_key: Option<crate::net::SwarmKey>,
+    /// When not empty, the only peers this node talks to.
+    pub allow: Vec<crate::net::PeerId>,
     /// The data-plane address to announce instead of the one the node binds, for a node
     /// reached through port forwarding or a relay.
     pub public_addr: Option<SocketAddr>,
@@ -76,6 +85,15 @@ pub struct RunningNode {
     pub record: NodeRecord,
     /// What other nodes and clients pass to `--bootstrap`.
     pub bootstrap_addrs: Vec<Multiaddr>,
+    announcer: tokio::task::AbortHandle,
+}
+
+impl RunningNode {
+    /// Stops refreshing the node's record: it drops out of the swarm's view within one
+    /// record lifetime.
+    pub fn stop_announcing(&self) {
+        self.announcer.abort();
+    }
 }
 
 /// How many nodes serve each block, from the records of one model.
@@ -110,6 +128,12 @@ pub fn least_served_window(coverage: &[u32], n: u32) -> Span {
 fn blocks_that_fit(model: &ModelFile, memory: u64) -> u32 {
     let per_block = (model.weight_bytes() as u64 / model.config.layers.max(1) as u64).max(1);
     ((memory / 4 * 3) / per_block).min(model.config.layers as u64) as u32
+}
+
+/// KV tokens that fit in half of `memory` (the rest is for activations and everything else).
+fn kv_tokens_that_fit(engine: &Engine, memory: u64) -> usize {
+    let per_token = engine.kv_bytes_per_token().max(1) as u64;
+    (memory / 2 / per_token).min(usize::MAX as u64) as usize
 }
 
 /// Decode tokens per second of the span: a short prefill, then a few timed steps.
@@ -157,11 +181,16 @@ pub async fn join(
     let spec = model.tokenizer().ok().and_then(|t| t.to_spec().ok());
     let content_hash = model.content_hash()?;
     let id = model_id(&spec.clone().unwrap_or_default(), &content_hash);
+    let access = crate::net::Access {
+        swarm_key: opts.swarm_key,
+        allow: opts.allow.clone(),
+    };
     let dht = Dht::start(
         key.clone(),
         opts.listen.clone(),
         opts.bootstrap.clone(),
         true,
+        &access,
     )
     .await?;
     let span = match opts.span {
@@ -208,10 +237,15 @@ pub async fn join(
         key.clone(),
         SocketAddr::new(listen_ip(&opts.listen), 0),
         ServerOptions {
-            name: opts.name.clone(),
-            model_id: id.clone(),
             max_sessions: opts.max_sessions,
+            max_kv_tokens: opts
+                .max_kv_tokens
+                .unwrap_or_else(|| kv_tokens_that_fit(&engine, crate::system::memory_available())),
+            idle_timeout: opts.idle_timeout,
             model_info,
+            swarm_key: opts.swarm_key,
+            allow: (!opts.allow.is_empty()).then(|| opts.allow.iter().copied().collect()),
+            ..ServerOptions::new(opts.name.clone(), id.clone())
         },
     )?;
     tokio::spawn(server.clone().serve());
@@ -242,20 +276,19 @@ pub async fn join(
         memory_total: crate::system::memory_total(),
         memory_free: crate::system::memory_available(),
         tokens_per_s,
-        kv_tokens_free: (opts.max_sessions * model.config.context) as u64,
+        kv_tokens_free: server.kv_tokens_free() as u64,
         protocol_version: PROTOCOL_VERSION,
         name: opts.name.clone(),
         expires_unix: 0,
     };
     // Announce now and keep the announcement fresh.
     let (d, s, r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
-    tokio::spawn(async move {
+    let announcer = tokio::spawn(async move {
         loop {
             let mut r = r.clone();
             r.expires_unix = dht::now_unix() + RECORD_TTL.as_secs();
             r.memory_free = crate::system::memory_available();
-            let free_sessions = s.max_sessions().saturating_sub(s.open_sessions());
-            r.kv_tokens_free = (free_sessions * s.context()) as u64;
+            r.kv_tokens_free = s.kv_tokens_free() as u64;
             match dht::sign(&k, &r) {
                 Ok(signed) => {
                     if d.announce(signed, &r.model_id).await.is_err() {
@@ -272,6 +305,7 @@ pub async fn join(
         dht,
         record,
         bootstrap_addrs,
+        announcer: announcer.abort_handle(),
     })
 }
 

@@ -6,9 +6,11 @@
 //! - [`tokenizer`]: text to ids and the chat template.
 
 pub mod backend;
+pub mod blob;
 pub mod config;
 pub mod dht;
 pub mod error;
+pub mod fuzzing;
 pub mod gguf;
 pub mod join;
 pub mod llama;

@@ -144,6 +144,16 @@ impl<B: Backend> LlamaSpan<B> {
         Ok(SpanCache { layers, pos: 0 })
     }
 
+    /// Forgets every position of the cache from `pos` on.
+    pub fn truncate(&self, cache: &mut SpanCache<B>, pos: usize) {
+        if pos < cache.pos {
+            for kv in &mut cache.layers {
+                self.backend.kv_truncate(kv, pos);
+            }
+            cache.pos = pos;
+        }
+    }
+
     /// Runs one step through the span and appends to the session's KV cache. Returns the hidden
     /// states `[tokens, hidden]`, or logits `[rows, vocab]` when the span holds `head`.
     pub fn forward(

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use baton_shaders::{DType, QTensor};
 use memmap2::Mmap;
 
+use crate::blob::Blob;
+
 use crate::config::LlamaConfig;
 use crate::error::LoadError;
 use crate::gguf::GgufFile;
@@ -29,7 +31,7 @@ pub struct TensorRef {
     pub dtype: DType,
     /// Fastest-varying first, as GGUF writes them: a matrix is `[cols, rows]`.
     pub dims: Vec<usize>,
-    map: Arc<Mmap>,
+    map: Arc<Blob>,
     offset: usize,
     len: usize,
 }
@@ -91,7 +93,16 @@ impl ModelFile {
     }
 
     fn open_gguf(path: &Path) -> Result<Self, LoadError> {
-        let g = GgufFile::open(path)?;
+        Self::from_gguf(GgufFile::open(path)?)
+    }
+
+    /// A GGUF model held in memory; `path` only names it in errors.
+    pub fn from_gguf_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, LoadError> {
+        Self::from_gguf(GgufFile::from_bytes(path, bytes)?)
+    }
+
+    fn from_gguf(g: GgufFile) -> Result<Self, LoadError> {
+        let path = g.path.clone();
         let config = LlamaConfig::from_gguf(&g)?;
         let tensors = g
             .tensors
@@ -109,7 +120,7 @@ impl ModelFile {
             })
             .collect();
         Ok(ModelFile {
-            path: path.to_path_buf(),
+            path,
             format: Format::Gguf,
             config,
             tensors,
@@ -277,14 +288,20 @@ fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn read_safetensors(path: &Path) -> Result<Vec<TensorRef>, LoadError> {
-    use safetensors::{Dtype, SafeTensors};
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: read-only map, as in `GgufFile::open`.
-    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io)?);
+    let map = Arc::new(Blob::Mapped(unsafe { Mmap::map(&file) }.map_err(io)?));
+    safetensors_tensors(path, map)
+}
+
+/// The tensors of a safetensors file held in `map`; `path` only names it in errors. Every
+/// offset is checked against the file before a tensor refers to it.
+pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>, LoadError> {
+    use safetensors::{Dtype, SafeTensors};
     let (header, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| LoadError::Corrupt {
         path: path.to_path_buf(),
         what: e.to_string(),
@@ -305,7 +322,7 @@ fn read_safetensors(path: &Path) -> Result<Vec<TensorRef>, LoadError> {
             }
         };
         let (a, b) = info.data_offsets;
-        if base + b > map.len() {
+        if a > b || base.checked_add(b).is_none_or(|end| end > map.len()) {
             return Err(LoadError::OutOfBounds {
                 path: path.to_path_buf(),
                 tensor: name,

@@ -127,6 +127,15 @@ impl Engine {
         })
     }
 
+    /// Forgets every position of `cache` from `pos` on.
+    pub fn truncate(&self, cache: &mut Cache, pos: usize) {
+        match (self, cache) {
+            (Engine::Cpu(s), Cache::Cpu(c)) => s.truncate(c, pos),
+            (Engine::Gpu(s), Cache::Gpu(c)) => s.truncate(c, pos),
+            _ => {}
+        }
+    }
+
     pub fn forward(
         &self,
         cache: &mut Cache,
@@ -206,6 +215,22 @@ impl Engine {
     /// The width of the hidden states.
     pub fn hidden(&self) -> usize {
         each!(self, s => s.config.hidden)
+    }
+
+    /// Bytes of KV cache one token of a session takes on this span: keys and values of every
+    /// block, in f32 on the CPU and in the cache's format on a GPU.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (per_value, (blocks, width)) = match self {
+            Engine::Cpu(s) => (4, (s.span.len(), s.config.kv_width())),
+            Engine::Gpu(s) => {
+                let bytes = match s.backend.kv_format {
+                    baton_shaders::gpu::KvFormat::F32 => 4,
+                    baton_shaders::gpu::KvFormat::F16 => 2,
+                };
+                (bytes, (s.span.len(), s.config.kv_width()))
+            }
+        };
+        2 * blocks as usize * width * per_value
     }
 }
 

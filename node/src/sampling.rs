@@ -27,6 +27,14 @@ impl Sampler {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Samples the token of step `step` of a session: the draw depends on the seed and the
+    /// step alone, so a hop that replaces another (or a step run again) draws the same.
+    pub fn sample_at(&mut self, logits: &[f32], step: u64) -> u32 {
+        self.state = (self.params.seed ^ 0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.sample(logits)
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
         if p.temperature <= 0.0 || p.top_k == 1 {

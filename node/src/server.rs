@@ -9,46 +9,69 @@
 //! Anything wrong with a message gets an `Error` on the stream it came from, and the node keeps
 //! serving its other streams and sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use baton_protocol::wire::{
-    ErrorCode, ErrorMsg, Forward, Hello, Message, ModelInfo, NextHop, OpenSession, SessionOpened,
-    TokenOut, WireError, MAX_FRAME_BYTES,
+    Ack, ErrorCode, ErrorMsg, Leaving, Message, ModelInfo, OpenSession, SessionOpened, WireError,
 };
-use baton_protocol::{HiddenStates, Span, WireDtype, PROTOCOL_VERSION};
+use baton_protocol::{HiddenStates, Span, PROTOCOL_VERSION};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
 use crate::net::{self, Keypair, NetError, PeerId};
-use crate::runtime::{Cache, Engine};
-use crate::sampling::{log_prob, Sampler};
-use crate::{Logits, RunError, SpanInput};
+use crate::runtime::Engine;
+use crate::sampling::Sampler;
+use crate::RunError;
 
-type Send = Arc<AsyncMutex<quinn::SendStream>>;
+mod limits;
+mod session;
+mod steps;
 
-/// What a node tells about itself and how many sessions it takes.
+pub use limits::RateLimit;
+use session::{Send, Session};
+
+/// How long a peer may take to say hello on a new stream, and to take a message we send it.
+const NETWORK_WAIT: Duration = Duration::from_secs(10);
+
+/// What a node tells about itself, and what it admits.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub name: String,
     pub model_id: String,
     pub max_sessions: usize,
+    /// The most KV tokens all sessions together may reserve.
+    pub max_kv_tokens: usize,
+    /// A session with no step for this long is closed and its KV cache freed.
+    pub idle_timeout: Duration,
+    /// Messages per second one peer may send (a burst of twice as many is allowed).
+    pub peer_rate: f64,
     /// What the node answers `GetModelInfo` with; only a span holding `embed` needs it.
     pub model_info: Option<ModelInfo>,
+    /// In a private swarm: the key every peer must prove it holds.
+    pub swarm_key: Option<[u8; 32]>,
+    /// When set, only these peers are served.
+    pub allow: Option<HashSet<PeerId>>,
 }
 
-struct Session {
-    cache: Cache,
-    /// The number the next step must carry.
-    seq: u64,
-    /// The stream to the next hop, or `None` on the hop that holds `head`.
-    next: Option<Send>,
-    /// The client's stream, where the head hop answers.
-    reply: Send,
-    sampler: Sampler,
-    wire: WireDtype,
-    logprobs: bool,
+impl ServerOptions {
+    /// Defaults for a node named `name` serving `model_id`.
+    pub fn new(name: impl Into<String>, model_id: impl Into<String>) -> ServerOptions {
+        ServerOptions {
+            name: name.into(),
+            model_id: model_id.into(),
+            max_sessions: 16,
+            max_kv_tokens: usize::MAX,
+            idle_timeout: Duration::from_secs(300),
+            peer_rate: 20_000.0,
+            model_info: None,
+            swarm_key: None,
+            allow: None,
+        }
+    }
 }
 
 pub struct Server {
@@ -59,6 +82,10 @@ pub struct Server {
     sessions: Mutex<HashMap<u64, Arc<AsyncMutex<Session>>>>,
     /// Connections to next hops, shared by the sessions that go there.
     downstream: AsyncMutex<HashMap<PeerId, quinn::Connection>>,
+    rates: Mutex<HashMap<PeerId, RateLimit>>,
+    /// Set when the node is shutting down: no new sessions.
+    draining: AtomicBool,
+    greeting: net::Greeting,
 }
 
 fn error(session: u64, seq: u64, code: ErrorCode, message: impl Into<String>) -> ErrorMsg {
@@ -87,6 +114,16 @@ enum StepInput {
     Hidden(HiddenStates),
 }
 
+/// A step as it arrives: from the client (tokens) or the hop before (hidden states).
+struct StepMsg {
+    session: u64,
+    seq: u64,
+    input: StepInput,
+    /// Compute times of the hops before this one.
+    hop_us: Vec<u32>,
+    replay: bool,
+}
+
 impl Server {
     /// Binds the data plane on `listen` (port 0 picks a free one).
     pub fn bind(
@@ -96,13 +133,21 @@ impl Server {
         options: ServerOptions,
     ) -> Result<Arc<Server>, NetError> {
         let endpoint = net::endpoint(&key, listen)?;
+        let greeting = net::Greeting {
+            name: options.name.clone(),
+            me: key.public().to_peer_id(),
+            swarm_key: options.swarm_key,
+        };
         Ok(Arc::new(Server {
+            greeting,
             engine,
             key,
             endpoint,
             options,
             sessions: Mutex::new(HashMap::new()),
             downstream: AsyncMutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -131,8 +176,31 @@ impl Server {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Accepts connections until the endpoint closes.
+    /// KV tokens still free for new sessions.
+    pub fn kv_tokens_free(&self) -> usize {
+        let reserved: usize = self
+            .sessions
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter_map(|x| x.try_lock().ok().map(|x| x.max_tokens))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let cap = self
+            .options
+            .max_kv_tokens
+            .min(self.options.max_sessions.saturating_mul(self.context()));
+        cap.saturating_sub(reserved)
+    }
+
+    fn session(&self, id: u64) -> Option<Arc<AsyncMutex<Session>>> {
+        self.sessions.lock().ok().and_then(|s| s.get(&id).cloned())
+    }
+
+    /// Accepts connections until the endpoint closes. Idle sessions are closed meanwhile.
     pub async fn serve(self: Arc<Self>) {
+        tokio::spawn(self.clone().close_idle());
         while let Some(incoming) = self.endpoint.accept().await {
             let me = self.clone();
             tokio::spawn(async move {
@@ -149,6 +217,53 @@ impl Server {
         self.endpoint.close(0u32.into(), b"shutting down");
     }
 
+    /// Refuses new sessions, tells the clients of open ones to move them, and waits (up to
+    /// `grace`) until they have.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        let open: Vec<(u64, Arc<AsyncMutex<Session>>)> = self
+            .sessions
+            .lock()
+            .map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default();
+        info!(
+            "shutting down: asking the clients of {} session(s) to move",
+            open.len()
+        );
+        for (id, s) in open {
+            let reply = s.lock().await.reply.clone();
+            Self::reply(&reply, Message::Leaving(Leaving { session: id })).await;
+        }
+        let start = Instant::now();
+        while self.open_sessions() > 0 && start.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.open_sessions();
+        if left > 0 {
+            warn!("{left} session(s) did not move within {grace:?}");
+        }
+    }
+
+    /// Frees sessions that have not stepped for the idle timeout.
+    async fn close_idle(self: Arc<Self>) {
+        let idle = self.options.idle_timeout;
+        let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(mut sessions) = self.sessions.lock() else {
+                return;
+            };
+            sessions.retain(|id, s| {
+                // A session busy with a step is not idle.
+                let stale = s.try_lock().is_ok_and(|s| s.last_active.elapsed() > idle);
+                if stale {
+                    info!("session {id:016x} closed: idle for {idle:?}");
+                }
+                !stale
+            });
+        }
+    }
+
     async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
         let peer = match net::peer_of(&conn) {
             Ok(p) => p,
@@ -157,12 +272,22 @@ impl Server {
                 return;
             }
         };
+        if self
+            .options
+            .allow
+            .as_ref()
+            .is_some_and(|a| !a.contains(&peer))
+        {
+            warn!("refusing {peer}: not an allowed peer");
+            conn.close(1u32.into(), b"not an allowed peer");
+            return;
+        }
         info!("connected: {peer} at {}", conn.remote_address());
         loop {
             match conn.accept_bi().await {
                 Ok((send, recv)) => {
                     let me = self.clone();
-                    tokio::spawn(async move { me.serve_stream(send, recv).await });
+                    tokio::spawn(async move { me.serve_stream(peer, send, recv).await });
                 }
                 Err(e) => {
                     info!("disconnected: {peer} ({e})");
@@ -173,32 +298,67 @@ impl Server {
     }
 
     async fn reply(send: &Send, msg: Message) {
-        if let Err(e) = net::write_msg(&mut *send.lock().await, &msg).await {
-            debug!("cannot answer: {e}");
+        let mut s = send.lock().await;
+        match tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut s, &msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("cannot answer: {e}"),
+            Err(_) => debug!("cannot answer: the peer took nothing for {NETWORK_WAIT:?}"),
         }
     }
 
-    async fn serve_stream(self: Arc<Self>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let send: Send = Arc::new(AsyncMutex::new(send));
-        match net::read_msg(&mut recv).await {
-            Ok(Some(Message::Hello(h))) if h.version == PROTOCOL_VERSION => {}
-            Ok(Some(Message::Hello(h))) => {
-                let msg = format!("protocol version {} is not {PROTOCOL_VERSION}", h.version);
-                return Self::reply(&send, Message::Error(error(0, 0, ErrorCode::Version, msg)))
-                    .await;
+    /// Checks the hello that begins every stream: the version, and in a private swarm the
+    /// proof that the peer holds the swarm key. Answers with our own hello.
+    async fn greet(
+        &self,
+        peer: PeerId,
+        send: &Send,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), ErrorMsg> {
+        let first = tokio::time::timeout(NETWORK_WAIT, net::read_msg(recv)).await;
+        let hello = match first {
+            Ok(Ok(Some(Message::Hello(h)))) => h,
+            _ => {
+                return Err(error(
+                    0,
+                    0,
+                    ErrorCode::Malformed,
+                    "a stream must begin with hello",
+                ))
             }
-            Ok(_) | Err(_) => {
-                let msg = "a stream must begin with hello";
-                return Self::reply(
-                    &send,
-                    Message::Error(error(0, 0, ErrorCode::Malformed, msg)),
-                )
-                .await;
-            }
+        };
+        if hello.version != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not {PROTOCOL_VERSION}",
+                hello.version
+            );
+            return Err(error(0, 0, ErrorCode::Version, msg));
         }
-        Self::reply(&send, Message::Hello(Hello::new(&self.options.name))).await;
+        if !self.greeting.accepts(&peer, &hello) {
+            warn!("refusing {peer}: it does not hold the swarm key");
+            return Err(error(
+                0,
+                0,
+                ErrorCode::Forbidden,
+                "not a member of this swarm",
+            ));
+        }
+        Self::reply(send, Message::Hello(self.greeting.hello(&peer))).await;
+        Ok(())
+    }
+
+    async fn serve_stream(
+        self: Arc<Self>,
+        peer: PeerId,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let send: Send = Arc::new(AsyncMutex::new(send));
+        if let Err(e) = self.greet(peer, &send, &mut recv).await {
+            return Self::reply(&send, Message::Error(e)).await;
+        }
         let mut opened = Vec::new();
-        self.serve_messages(&send, &mut recv, &mut opened).await;
+        self.serve_messages(peer, &send, &mut recv, &mut opened)
+            .await;
         // A session lives as long as the stream that opened it: when the client (or the hop
         // before) goes away, its caches are freed, and the streams to the next hops close too.
         if let Ok(mut sessions) = self.sessions.lock() {
@@ -210,10 +370,23 @@ impl Server {
         }
     }
 
+    /// Whether `peer` may send another message now.
+    fn admit_message(&self, peer: PeerId) -> bool {
+        let Ok(mut rates) = self.rates.lock() else {
+            return false;
+        };
+        let rate = self.options.peer_rate;
+        rates
+            .entry(peer)
+            .or_insert_with(|| RateLimit::new(rate, 2.0 * rate))
+            .take()
+    }
+
     /// Answers the messages of one stream until it ends; `opened` collects the sessions it
     /// opened.
     async fn serve_messages(
         &self,
+        peer: PeerId,
         send: &Send,
         recv: &mut quinn::RecvStream,
         opened: &mut Vec<u64>,
@@ -240,63 +413,104 @@ impl Server {
                     return;
                 }
             };
-            let result = match msg {
-                Message::OpenSession(o) => {
-                    let id = o.session;
-                    let r = self.open(o, send.clone()).await;
-                    if r.is_ok() {
-                        opened.push(id);
-                    }
-                    r
-                }
-                Message::Step(s) => {
-                    self.step(s.session, s.seq, StepInput::Tokens(s.tokens), Vec::new())
-                        .await
-                }
-                Message::Forward(f) => {
-                    self.step(f.session, f.seq, StepInput::Hidden(f.hidden), f.hop_us)
-                        .await
-                }
-                Message::Close(c) => {
-                    if let Ok(mut s) = self.sessions.lock() {
-                        if s.remove(&c.session).is_some() {
-                            info!("session {:016x} closed", c.session);
-                        }
-                    }
-                    Ok(())
-                }
-                Message::GetModelInfo(g) => match &self.options.model_info {
-                    Some(info) if info.model_id == g.model_id => {
-                        Self::reply(send, Message::ModelInfo(info.clone())).await;
-                        Ok(())
-                    }
-                    Some(_) => {
-                        let msg = format!("this node serves {}", self.options.model_id);
-                        Err(error(0, 0, ErrorCode::WrongModel, msg))
-                    }
-                    None => Err(error(
-                        0,
-                        0,
-                        ErrorCode::WrongSpan,
-                        "this node does not hold embed",
-                    )),
-                },
-                other => Err(error(
-                    0,
-                    0,
-                    ErrorCode::Malformed,
-                    format!("unexpected {}", other.name()),
-                )),
-            };
-            if let Err(e) = result {
+            if !self.admit_message(peer) {
+                let e = error(0, 0, ErrorCode::Busy, "too many messages: slow down");
+                Self::reply(send, Message::Error(e)).await;
+                continue;
+            }
+            if let Err(e) = self.handle(msg, send, opened).await {
                 debug!("error answered: {e:?}");
                 Self::reply(send, Message::Error(e)).await;
             }
         }
     }
 
+    async fn handle(
+        &self,
+        msg: Message,
+        send: &Send,
+        opened: &mut Vec<u64>,
+    ) -> Result<(), ErrorMsg> {
+        match msg {
+            Message::OpenSession(o) => {
+                let id = o.session;
+                self.open(o, send.clone()).await?;
+                opened.push(id);
+                Ok(())
+            }
+            Message::Step(s) => {
+                self.step(StepMsg {
+                    session: s.session,
+                    seq: s.seq,
+                    input: StepInput::Tokens(s.tokens),
+                    hop_us: Vec::new(),
+                    replay: s.replay,
+                })
+                .await
+            }
+            Message::Forward(f) => {
+                self.step(StepMsg {
+                    session: f.session,
+                    seq: f.seq,
+                    input: StepInput::Hidden(f.hidden),
+                    hop_us: f.hop_us,
+                    replay: f.replay,
+                })
+                .await
+            }
+            Message::Truncate(t) => {
+                let s = self
+                    .session(t.session)
+                    .ok_or_else(|| unknown(t.session, t.seq))?;
+                let mut s = s.lock().await;
+                s.truncate(&self.engine, t.session, t.seq)?;
+                let ack = Message::Ack(Ack {
+                    session: t.session,
+                    seq: s.seq,
+                });
+                drop(s);
+                Self::reply(send, ack).await;
+                Ok(())
+            }
+            Message::Redirect(r) => self.redirect(r.session, &r.next, send).await,
+            Message::Close(c) => {
+                if let Ok(mut s) = self.sessions.lock() {
+                    if s.remove(&c.session).is_some() {
+                        info!("session {:016x} closed", c.session);
+                    }
+                }
+                Ok(())
+            }
+            Message::GetModelInfo(g) => match &self.options.model_info {
+                Some(info) if info.model_id == g.model_id => {
+                    Self::reply(send, Message::ModelInfo(info.clone())).await;
+                    Ok(())
+                }
+                Some(_) => {
+                    let msg = format!("this node serves {}", self.options.model_id);
+                    Err(error(0, 0, ErrorCode::WrongModel, msg))
+                }
+                None => Err(error(
+                    0,
+                    0,
+                    ErrorCode::WrongSpan,
+                    "this node does not hold embed",
+                )),
+            },
+            other => Err(error(
+                0,
+                0,
+                ErrorCode::Malformed,
+                format!("unexpected {}", other.name()),
+            )),
+        }
+    }
+
     async fn open(&self, o: OpenSession, reply: Send) -> Result<(), ErrorMsg> {
         let fail = |code, msg: String| error(o.session, 0, code, msg);
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(fail(ErrorCode::Busy, "the node is shutting down".into()));
+        }
         if o.model_id != self.options.model_id {
             return Err(fail(
                 ErrorCode::WrongModel,
@@ -325,6 +539,11 @@ impl Server {
         if self.open_sessions() >= self.options.max_sessions {
             return Err(fail(ErrorCode::Busy, "no room for another session".into()));
         }
+        let free = self.kv_tokens_free();
+        if o.max_tokens as usize > free {
+            let msg = format!("no KV room: {} tokens asked, {free} free", o.max_tokens);
+            return Err(fail(ErrorCode::Busy, msg));
+        }
         let next = match &o.next {
             Some(hop) => Some(
                 self.connect_next(o.session, hop, reply.clone())
@@ -339,15 +558,15 @@ impl Server {
             .engine
             .new_cache()
             .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
-        let session = Session {
+        let session = Session::new(
             cache,
-            seq: 0,
             next,
-            reply: reply.clone(),
-            sampler: Sampler::new(o.sampling),
-            wire: o.wire_dtype,
-            logprobs: o.logprobs,
-        };
+            reply.clone(),
+            Sampler::new(o.sampling),
+            o.wire_dtype,
+            o.logprobs,
+            o.max_tokens as usize,
+        );
         let inserted = match self.sessions.lock() {
             Ok(mut sessions) if !sessions.contains_key(&o.session) => {
                 sessions.insert(o.session, Arc::new(AsyncMutex::new(session)));
@@ -369,126 +588,8 @@ impl Server {
         .await;
         Ok(())
     }
+}
 
-    /// Opens a stream to the next hop for a session; errors the next hop answers are passed on
-    /// to the client.
-    async fn connect_next(
-        &self,
-        session: u64,
-        hop: &NextHop,
-        client: Send,
-    ) -> Result<Send, NetError> {
-        let addr: SocketAddr = hop
-            .addr
-            .parse()
-            .map_err(|_| NetError::Protocol(format!("bad address {}", hop.addr)))?;
-        let peer: PeerId = hop
-            .peer_id
-            .parse()
-            .map_err(|_| NetError::Protocol(format!("bad peer id {}", hop.peer_id)))?;
-        let conn = {
-            let mut conns = self.downstream.lock().await;
-            match conns.get(&peer).filter(|c| c.close_reason().is_none()) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = net::connect(&self.endpoint, &self.key, addr, peer).await?;
-                    conns.insert(peer, c.clone());
-                    c
-                }
-            }
-        };
-        let (mut send, mut recv) = conn.open_bi().await?;
-        net::write_msg(&mut send, &Message::Hello(Hello::new(&self.options.name))).await?;
-        match net::read_msg(&mut recv).await? {
-            Some(Message::Hello(_)) => {}
-            Some(Message::Error(e)) => return Err(NetError::Remote(e)),
-            _ => return Err(NetError::Protocol("the next hop did not say hello".into())),
-        }
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
-                if let Message::Error(mut e) = msg {
-                    e.session = session;
-                    e.code = ErrorCode::Downstream;
-                    Self::reply(&client, Message::Error(e)).await;
-                }
-            }
-        });
-        Ok(Arc::new(AsyncMutex::new(send)))
-    }
-
-    /// Runs one step of a session; `hop_us` holds the compute times of the hops before this one.
-    async fn step(
-        &self,
-        id: u64,
-        seq: u64,
-        input: StepInput,
-        mut hop_us: Vec<u32>,
-    ) -> Result<(), ErrorMsg> {
-        let fail = |code, msg: String| error(id, seq, code, msg);
-        let session = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&id).cloned())
-            .ok_or_else(|| fail(ErrorCode::UnknownSession, "no such session".into()))?;
-        let mut s = session.lock().await;
-        if seq != s.seq {
-            return Err(fail(
-                ErrorCode::OutOfOrder,
-                format!("expected step {}", s.seq),
-            ));
-        }
-        let hidden = self.engine.hidden();
-        let values;
-        let input = match &input {
-            StepInput::Tokens(t) => SpanInput::Tokens(t),
-            StepInput::Hidden(h) => {
-                if h.hidden as usize != hidden {
-                    let msg = format!("hidden states must be {hidden} wide");
-                    return Err(fail(ErrorCode::Malformed, msg));
-                }
-                values = h
-                    .decode(MAX_FRAME_BYTES / 2)
-                    .map_err(|e| fail(ErrorCode::Malformed, e.to_string()))?;
-                SpanInput::Hidden(&values)
-            }
-        };
-        let started = std::time::Instant::now();
-        let cache = &mut s.cache;
-        let out = tokio::task::block_in_place(|| self.engine.run_step(cache, input, Logits::Last))
-            .map_err(|e| fail(error_code(&e), e.to_string()))?;
-        s.seq += 1;
-        let took = started.elapsed();
-        debug!("session {id:016x} step {seq}: computed in {took:?}");
-        hop_us.push(took.as_micros().min(u32::MAX as u128) as u32);
-        match &s.next {
-            Some(next) => {
-                let tokens = (out.len() / hidden) as u32;
-                let msg = Message::Forward(Forward {
-                    session: id,
-                    seq,
-                    hidden: HiddenStates::encode(&out, tokens, hidden as u32, s.wire),
-                    hop_us,
-                });
-                net::write_msg(&mut *next.lock().await, &msg)
-                    .await
-                    .map_err(|e| fail(ErrorCode::Downstream, e.to_string()))
-            }
-            None => {
-                let token = s.sampler.sample(&out);
-                let logprob = s.logprobs.then(|| log_prob(&out, token as usize));
-                let msg = Message::Token(TokenOut {
-                    session: id,
-                    seq,
-                    token,
-                    logprob,
-                    hop_us,
-                });
-                let reply = s.reply.clone();
-                drop(s);
-                Self::reply(&reply, msg).await;
-                Ok(())
-            }
-        }
-    }
+fn unknown(session: u64, seq: u64) -> ErrorMsg {
+    error(session, seq, ErrorCode::UnknownSession, "no such session")
 }

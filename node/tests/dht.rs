@@ -81,9 +81,15 @@ async fn nodes_are_found_and_leavers_drop_out() {
     let mut boot = Vec::new();
     for span in [(0, 10), (10, 20), (20, 30)] {
         let key = generate_identity();
-        let dht = Dht::start(key.clone(), listen(), boot.clone(), true)
-            .await
-            .unwrap();
+        let dht = Dht::start(
+            key.clone(),
+            listen(),
+            boot.clone(),
+            true,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         if boot.is_empty() {
             boot = dht.listen_addrs().await.unwrap();
         }
@@ -93,9 +99,15 @@ async fn nodes_are_found_and_leavers_drop_out() {
             .unwrap();
         nodes.push(dht);
     }
-    let client = Dht::start(generate_identity(), listen(), boot.clone(), false)
-        .await
-        .unwrap();
+    let client = Dht::start(
+        generate_identity(),
+        listen(),
+        boot.clone(),
+        false,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let found = lookup_until(&client, Some("model-a"), 3, Duration::from_secs(20)).await;
     let spans: Vec<Span> = found.iter().map(|r| r.span).collect();
     assert_eq!(

@@ -106,6 +106,17 @@ impl HiddenStates {
         }
     }
 
+    /// Appends `other`'s tokens; false (and nothing appended) when the two differ in width or
+    /// type.
+    pub fn append(&mut self, other: &HiddenStates) -> bool {
+        if other.hidden != self.hidden || other.dtype != self.dtype {
+            return false;
+        }
+        self.tokens += other.tokens;
+        self.data.extend_from_slice(&other.data);
+        true
+    }
+
     /// Decodes to f32, refusing more than `max_elements` values or a length that disagrees with
     /// the shape.
     pub fn decode(&self, max_elements: usize) -> Result<Vec<f32>, TensorError> {

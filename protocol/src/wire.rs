@@ -48,6 +48,8 @@ pub struct Hello {
     pub version: u32,
     /// A human-readable name for logs.
     pub name: String,
+    /// In a private swarm: proof that the sender holds the swarm key, bound to both peers.
+    pub proof: Option<[u8; 32]>,
 }
 
 impl Hello {
@@ -55,6 +57,7 @@ impl Hello {
         Hello {
             version: PROTOCOL_VERSION,
             name: name.into(),
+            proof: None,
         }
     }
 }
@@ -100,6 +103,9 @@ pub struct Step {
     /// Steps of a session are numbered 0, 1, 2, …; a step out of order is refused.
     pub seq: u64,
     pub tokens: Vec<u32>,
+    /// Rebuilding a replacement hop's cache after a failure: run the tokens, forward and
+    /// sample nothing, and answer `Ack`. `seq` is then the last step the tokens belong to.
+    pub replay: bool,
 }
 
 /// Hop → next hop: the hidden states a span produced for a step.
@@ -110,6 +116,37 @@ pub struct Forward {
     pub hidden: HiddenStates,
     /// How long each hop so far took to compute this step, in microseconds, in route order.
     pub hop_us: Vec<u32>,
+    /// As in [`Step`]: hidden states replayed into a replacement, up to step `seq`.
+    pub replay: bool,
+}
+
+/// Client → hop: forget steps `seq` and later (a step that was in flight when a hop failed),
+/// so that the step can be run again along the repaired route. Answered with `Ack`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Truncate {
+    pub session: u64,
+    pub seq: u64,
+}
+
+/// Client → hop: send this session's output to `next` from now on, after replaying into it
+/// everything sent downstream so far. Answered with `Ack` once the replay is on its way.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Redirect {
+    pub session: u64,
+    pub next: NextHop,
+}
+
+/// Hop → client: a `Truncate`, `Redirect` or replay is done; `seq` is the session's next step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub session: u64,
+    pub seq: u64,
+}
+
+/// Hop → client: this node is shutting down; move the session elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leaving {
+    pub session: u64,
 }
 
 /// The most hops whose times a step carries.
@@ -142,6 +179,8 @@ pub enum ErrorCode {
     Busy = 8,
     Downstream = 9,
     Internal = 10,
+    /// The peer is not a member of this private swarm, or not allowed.
+    Forbidden = 11,
 }
 
 impl From<ErrorCode> for u16 {
@@ -166,6 +205,7 @@ impl TryFrom<u16> for ErrorCode {
             Busy,
             Downstream,
             Internal,
+            Forbidden,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -243,6 +283,10 @@ pub enum Message {
     Close(Close),
     GetModelInfo(GetModelInfo),
     ModelInfo(ModelInfo),
+    Truncate(Truncate),
+    Redirect(Redirect),
+    Ack(Ack),
+    Leaving(Leaving),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -285,6 +329,10 @@ impl Message {
             Message::Close(_) => 8,
             Message::GetModelInfo(_) => 9,
             Message::ModelInfo(_) => 10,
+            Message::Truncate(_) => 11,
+            Message::Redirect(_) => 12,
+            Message::Ack(_) => 13,
+            Message::Leaving(_) => 14,
         }
     }
 
@@ -311,6 +359,10 @@ impl Message {
             Message::Close(m) => put(&mut out, m),
             Message::GetModelInfo(m) => put(&mut out, m),
             Message::ModelInfo(m) => put(&mut out, m),
+            Message::Truncate(m) => put(&mut out, m),
+            Message::Redirect(m) => put(&mut out, m),
+            Message::Ack(m) => put(&mut out, m),
+            Message::Leaving(m) => put(&mut out, m),
         }
         out
     }
@@ -362,7 +414,11 @@ impl Message {
             7 => Message::Error(de(payload, name)?),
             8 => Message::Close(de(payload, name)?),
             9 => Message::GetModelInfo(de(payload, name)?),
-            _ => Message::ModelInfo(de(payload, name)?),
+            10 => Message::ModelInfo(de(payload, name)?),
+            11 => Message::Truncate(de(payload, name)?),
+            12 => Message::Redirect(de(payload, name)?),
+            13 => Message::Ack(de(payload, name)?),
+            _ => Message::Leaving(de(payload, name)?),
         };
         msg.check_text()?;
         Ok(msg)
@@ -388,6 +444,10 @@ impl Message {
                     check("next.addr", &n.addr)?;
                 }
                 Ok(())
+            }
+            Message::Redirect(r) => {
+                check("next.peer_id", &r.next.peer_id)?;
+                check("next.addr", &r.next.addr)
             }
             Message::Error(e) => check("message", &e.message),
             Message::Forward(Forward { hop_us, .. }) | Message::Token(TokenOut { hop_us, .. })
@@ -439,6 +499,10 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         8 => "close",
         9 => "get-model-info",
         10 => "model-info",
+        11 => "truncate",
+        12 => "redirect",
+        13 => "ack",
+        14 => "leaving",
         _ => return None,
     })
 }
@@ -494,8 +558,13 @@ mod tests {
                 }),
             );
         prop_oneof![
-            (any::<u32>(), text)
-                .prop_map(|(version, name)| Message::Hello(Hello { version, name })),
+            (any::<u32>(), text, proptest::option::of(any::<[u8; 32]>())).prop_map(
+                |(version, name, proof)| Message::Hello(Hello {
+                    version,
+                    name,
+                    proof
+                })
+            ),
             (
                 any::<u64>(),
                 text,
@@ -533,26 +602,32 @@ mod tests {
             (
                 any::<u64>(),
                 any::<u64>(),
-                proptest::collection::vec(any::<u32>(), 0..50)
+                proptest::collection::vec(any::<u32>(), 0..50),
+                any::<bool>()
             )
-                .prop_map(|(session, seq, tokens)| Message::Step(Step {
+                .prop_map(|(session, seq, tokens, replay)| Message::Step(Step {
                     session,
                     seq,
-                    tokens
+                    tokens,
+                    replay
                 })),
             (
                 any::<u64>(),
                 any::<u64>(),
                 proptest::collection::vec(-10f32..10.0, 0..64),
                 dtype(),
-                proptest::collection::vec(any::<u32>(), 0..8)
+                proptest::collection::vec(any::<u32>(), 0..8),
+                any::<bool>()
             )
-                .prop_map(|(session, seq, v, d, hop_us)| Message::Forward(Forward {
-                    session,
-                    seq,
-                    hidden: HiddenStates::encode(&v, 1, v.len() as u32, d),
-                    hop_us
-                })),
+                .prop_map(|(session, seq, v, d, hop_us, replay)| Message::Forward(
+                    Forward {
+                        session,
+                        seq,
+                        hidden: HiddenStates::encode(&v, 1, v.len() as u32, d),
+                        hop_us,
+                        replay
+                    }
+                )),
             (
                 any::<u64>(),
                 any::<u64>(),
@@ -569,7 +644,7 @@ mod tests {
                         hop_us
                     }
                 )),
-            (any::<u64>(), any::<u64>(), 1u16..=10, text).prop_map(|(session, seq, c, message)| {
+            (any::<u64>(), any::<u64>(), 1u16..=11, text).prop_map(|(session, seq, c, message)| {
                 Message::Error(ErrorMsg {
                     session,
                     seq,
@@ -603,6 +678,21 @@ mod tests {
                         context: 9,
                     })
                 }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(session, seq)| Message::Truncate(Truncate { session, seq })),
+            (any::<u64>(), text, text, span()).prop_map(|(session, peer_id, addr, span)| {
+                Message::Redirect(Redirect {
+                    session,
+                    next: NextHop {
+                        peer_id,
+                        addr,
+                        span,
+                    },
+                })
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(session, seq)| Message::Ack(Ack { session, seq })),
+            any::<u64>().prop_map(|session| Message::Leaving(Leaving { session })),
         ]
     }
 
@@ -650,6 +740,7 @@ mod tests {
         let long = Message::Hello(Hello {
             version: 1,
             name: "x".repeat(MAX_TEXT + 1),
+            proof: None,
         });
         let body = long.encode_body();
         assert!(matches!(

@@ -57,9 +57,11 @@ pub struct GenerateArgs {
     /// Without --bootstrap: CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Print timing to stderr at the end.
+    /// Print the route and timing to stderr.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
 }
 
 impl GenerateArgs {
@@ -161,7 +163,12 @@ pub fn run_local(a: GenerateArgs) -> anyhow::Result<()> {
 
 pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
     a.check()?;
-    let client = SwarmClient::connect(a.bootstrap.clone()).await?;
+    let client = SwarmClient::connect(
+        a.bootstrap.clone(),
+        a.access.access()?,
+        a.access.identity()?,
+    )
+    .await?;
     let (id, route) = client.route(a.model.as_deref()).await?;
     let first = route.first().context("an empty route")?;
     let (info, tok) = client.tokenizer(&hop_of(&first.record)?, &id).await?;
@@ -179,8 +186,18 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: (ids.len() + a.max_tokens).min(context) as u32,
         step_timeout: Duration::from_secs(60),
         logprobs: false,
+        swarm_key: client.access.swarm_key,
     };
+    if a.stats {
+        let hops: Vec<String> = route
+            .iter()
+            .map(|h| format!("{} {}", h.record.name, h.record.span))
+            .collect();
+        eprintln!("route: {}", hops.join(" -> "));
+    }
     let mut session = client.open(&route, &options).await?;
+    // Repairs of the route are worth telling whoever watches.
+    session.on_event = Some(Box::new(|line| eprintln!("{line}")));
     let g = generate_remote(&mut session, &tok, &ids, a.max_tokens, &mut print_piece)
         .await
         .context("generation failed")?;

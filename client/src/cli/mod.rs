@@ -1,3 +1,4 @@
+pub mod access;
 pub mod chat;
 pub mod generate;
 pub mod serve;

@@ -39,6 +39,8 @@ pub struct SourceArgs {
     /// With --local: CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
 }
 
 /// A model ready to use, and the local nodes serving it, kept alive with it.
@@ -58,7 +60,12 @@ impl SourceArgs {
 
     pub async fn connect(&self) -> anyhow::Result<Source> {
         if !self.bootstrap.is_empty() {
-            let client = SwarmClient::connect(self.bootstrap.clone()).await?;
+            let client = SwarmClient::connect(
+                self.bootstrap.clone(),
+                self.access.access()?,
+                self.access.identity()?,
+            )
+            .await?;
             let model = SwarmModel::connect(client, self.model.as_deref(), self.wire_dtype).await?;
             return Ok(Source { model, local: None });
         }

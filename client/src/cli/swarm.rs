@@ -13,6 +13,16 @@ pub struct SwarmArgs {
     /// Only this model (its name or id).
     #[arg(long)]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
+}
+
+impl SwarmArgs {
+    async fn client(&self) -> anyhow::Result<SwarmClient> {
+        let access = self.access.access()?;
+        let key = self.access.identity()?;
+        Ok(SwarmClient::connect(self.bootstrap.clone(), access, key).await?)
+    }
 }
 
 fn gib(b: u64) -> f64 {
@@ -20,7 +30,7 @@ fn gib(b: u64) -> f64 {
 }
 
 pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
-    let client = SwarmClient::connect(a.bootstrap).await?;
+    let client = a.client().await?;
     let mut nodes = client.nodes().await?;
     if let Some(m) = &a.model {
         nodes.retain(|r| &r.model_name == m || &r.model_id == m);
@@ -74,7 +84,7 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
 }
 
 pub async fn route(a: SwarmArgs) -> anyhow::Result<()> {
-    let client = SwarmClient::connect(a.bootstrap).await?;
+    let client = a.client().await?;
     let (id, route) = client.route(a.model.as_deref()).await?;
     println!("route for model {id}: {} hop(s)", route.len());
     let mut total = 0.0;

@@ -46,6 +46,11 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn kv_truncate(&self, kv: &mut CpuKv, tokens: usize) {
+        kv.k.truncate(tokens * kv.width);
+        kv.v.truncate(tokens * kv.width);
+    }
+
     fn upload(&self, x: &[f32], width: usize) -> Result<CpuAct, RunError> {
         Ok(CpuAct {
             data: x.to_vec(),

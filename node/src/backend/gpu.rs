@@ -68,6 +68,9 @@ impl Backend for GpuBackend {
         Ok(self.gpu.upload(v))
     }
 
+    /// Positions past the session's are never read and are overwritten by the next step.
+    fn kv_truncate(&self, _kv: &mut GpuKv, _tokens: usize) {}
+
     fn kv_cache(&self, width: usize, capacity: usize) -> Result<GpuKv, RunError> {
         Ok(GpuKv {
             k: self.gpu.zeros(0),

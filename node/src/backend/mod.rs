@@ -23,6 +23,8 @@ pub trait Backend: Send + Sync {
     fn weight(&self, t: &TensorRef) -> Result<Self::Weight, RunError>;
     fn vector(&self, v: &[f32]) -> Result<Self::Vector, RunError>;
     fn kv_cache(&self, width: usize, capacity: usize) -> Result<Self::Kv, RunError>;
+    /// Forgets every position from `tokens` on.
+    fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize);
 
     fn upload(&self, x: &[f32], width: usize) -> Result<Self::Act, RunError>;
     fn download(&self, x: &Self::Act) -> Result<Vec<f32>, RunError>;

@@ -44,6 +44,24 @@ pub struct JoinArgs {
     /// reached through port forwarding.
     #[arg(long, value_name = "IP:PORT")]
     pub public_addr: Option<std::net::SocketAddr>,
+    /// The most KV tokens all sessions together may hold; a session that does not fit is
+    /// refused and routed elsewhere (default: what half of the free memory holds).
+    #[arg(long)]
+    pub max_kv_tokens: Option<usize>,
+    /// Close a session, and free its KV cache, after this many seconds without a step.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+    /// On Ctrl-C or SIGTERM, wait up to this many seconds for clients to move their sessions
+    /// to other nodes before leaving.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub drain_timeout: u64,
+    /// A private swarm's key file (libp2p's pnet format: `/key/swarm/psk/1.0.0/`, `/base16/`,
+    /// 64 hex digits); peers without it are refused on the DHT and the data plane.
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// Talk only to this peer (repeat for several); the default is everyone.
+    #[arg(long, value_name = "PEER_ID")]
+    pub allow_peer: Vec<baton_node::net::PeerId>,
 }
 
 pub fn run(a: JoinArgs) -> anyhow::Result<()> {
@@ -83,6 +101,14 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         max_blocks: a.max_blocks,
         max_sessions: a.max_sessions,
         public_addr: a.public_addr,
+        max_kv_tokens: a.max_kv_tokens,
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+        swarm_key: a
+            .swarm_key
+            .as_deref()
+            .map(baton_node::net::read_swarm_key)
+            .transpose()?,
+        allow: a.allow_peer.clone(),
     };
     let bar = super::progress_bar(&a.model.model);
     let node = join(options, key, &mut |done, total| {
@@ -104,10 +130,31 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
     for addr in &node.bootstrap_addrs {
         println!("join this swarm with: --bootstrap {addr}");
     }
+    stop_signal().await?;
+    println!("{name}: shutting down; moving open sessions elsewhere");
+    node.stop_announcing();
+    node.server
+        .drain(std::time::Duration::from_secs(a.drain_timeout))
+        .await;
+    node.server.shutdown();
+    println!("{name}: stopped");
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
-    println!("{name}: shutting down");
-    node.server.shutdown();
     Ok(())
 }

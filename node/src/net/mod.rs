@@ -3,15 +3,32 @@
 
 mod frame;
 mod identity;
+mod stream;
+mod swarm_key;
 mod tls;
 
 pub use frame::{read_msg, write_msg};
 pub use identity::{generate_identity, load_or_create_identity};
 pub use libp2p::identity::Keypair;
 pub use libp2p::PeerId;
+pub use stream::{open_stream, Greeting};
+pub use swarm_key::{read_swarm_key, swarm_proof, SwarmKey};
 pub use tls::{connect, endpoint, peer_of};
 
 use baton_protocol::wire::{ErrorMsg, WireError};
+
+/// Who may talk to whom: a private swarm's key, and the peers allowed (everyone when empty).
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub swarm_key: Option<SwarmKey>,
+    pub allow: Vec<PeerId>,
+}
+
+impl Access {
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        self.allow.is_empty() || self.allow.contains(peer)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -42,4 +59,6 @@ pub enum NetError {
     Remote(ErrorMsg),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
+    #[error("no node can take over blocks {0}: the swarm no longer serves them")]
+    Uncovered(baton_protocol::Span),
 }

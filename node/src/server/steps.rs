@@ -1,0 +1,221 @@
+//! The work on a session's steps: running a span and passing its output on, connecting to the
+//! next hop, and moving the output to a new next hop when the old one failed or left.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use baton_protocol::wire::{
+    Ack, ErrorCode, ErrorMsg, Forward, Message, NextHop, TokenOut, MAX_FRAME_BYTES,
+};
+use baton_protocol::HiddenStates;
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::{debug, info};
+
+use super::{error, error_code, unknown, Send, Server, StepInput, StepMsg, NETWORK_WAIT};
+use crate::net::{self, NetError, PeerId};
+use crate::sampling::log_prob;
+use crate::{Logits, SpanInput};
+
+impl Server {
+    /// Opens a stream to the next hop for a session; errors the next hop answers are passed on
+    /// to the client.
+    pub(super) async fn connect_next(
+        &self,
+        session: u64,
+        hop: &NextHop,
+        client: Send,
+    ) -> Result<Send, NetError> {
+        let addr: SocketAddr = hop
+            .addr
+            .parse()
+            .map_err(|_| NetError::Protocol(format!("bad address {}", hop.addr)))?;
+        let peer: PeerId = hop
+            .peer_id
+            .parse()
+            .map_err(|_| NetError::Protocol(format!("bad peer id {}", hop.peer_id)))?;
+        if self
+            .options
+            .allow
+            .as_ref()
+            .is_some_and(|a| !a.contains(&peer))
+        {
+            return Err(NetError::Protocol(format!("{peer} is not an allowed peer")));
+        }
+        let conn = {
+            let mut conns = self.downstream.lock().await;
+            match conns.get(&peer).filter(|c| c.close_reason().is_none()) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = net::connect(&self.endpoint, &self.key, addr, peer).await?;
+                    conns.insert(peer, c.clone());
+                    c
+                }
+            }
+        };
+        let (send, mut recv) = net::open_stream(&conn, &peer, &self.greeting, NETWORK_WAIT).await?;
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
+                if let Message::Error(mut e) = msg {
+                    e.session = session;
+                    e.code = ErrorCode::Downstream;
+                    Self::reply(&client, Message::Error(e)).await;
+                }
+            }
+        });
+        Ok(Arc::new(AsyncMutex::new(send)))
+    }
+
+    /// Sends a session's output to a new next hop, after replaying into it all that went to the
+    /// old one: the new hop rebuilds its cache with one prefill of its span.
+    pub(super) async fn redirect(
+        &self,
+        id: u64,
+        next: &NextHop,
+        send: &Send,
+    ) -> Result<(), ErrorMsg> {
+        let session = self.session(id).ok_or_else(|| unknown(id, 0))?;
+        let mut s = session.lock().await;
+        let fail = |code, msg: String| error(id, s.seq, code, msg);
+        if s.next.is_none() {
+            return Err(fail(ErrorCode::WrongSpan, "this hop holds head".into()));
+        }
+        let stream = self
+            .connect_next(id, next, s.reply.clone())
+            .await
+            .map_err(|e| {
+                fail(
+                    ErrorCode::Downstream,
+                    format!("next hop {}: {e}", next.addr),
+                )
+            })?;
+        let started = Instant::now();
+        let mut tokens = 0;
+        for (seq, hidden) in s.replay(MAX_FRAME_BYTES / 2) {
+            tokens += hidden.tokens;
+            let msg = Message::Forward(Forward {
+                session: id,
+                seq,
+                hidden,
+                hop_us: Vec::new(),
+                replay: true,
+            });
+            let mut out = stream.lock().await;
+            tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut out, &msg))
+                .await
+                .map_err(|_| {
+                    fail(
+                        ErrorCode::Downstream,
+                        "the new next hop took nothing".into(),
+                    )
+                })?
+                .map_err(|e| fail(ErrorCode::Downstream, e.to_string()))?;
+        }
+        info!(
+            "session {id:016x} moved to {} ({tokens} tokens replayed in {:?})",
+            next.addr,
+            started.elapsed()
+        );
+        s.next = Some(stream);
+        let ack = Message::Ack(Ack {
+            session: id,
+            seq: s.seq,
+        });
+        drop(s);
+        Self::reply(send, ack).await;
+        Ok(())
+    }
+
+    pub(super) async fn step(&self, m: StepMsg) -> Result<(), ErrorMsg> {
+        let (id, seq) = (m.session, m.seq);
+        let fail = |code, msg: String| error(id, seq, code, msg);
+        let session = self.session(id).ok_or_else(|| unknown(id, seq))?;
+        let mut s = session.lock().await;
+        // A replay catches a new hop up to step `seq`; anything else comes in order.
+        let in_order = if m.replay { seq >= s.seq } else { seq == s.seq };
+        if !in_order {
+            return Err(fail(
+                ErrorCode::OutOfOrder,
+                format!("expected step {}", s.seq),
+            ));
+        }
+        let hidden = self.engine.hidden();
+        let values;
+        let input = match &m.input {
+            StepInput::Tokens(t) => SpanInput::Tokens(t),
+            StepInput::Hidden(h) => {
+                if h.hidden as usize != hidden {
+                    let msg = format!("hidden states must be {hidden} wide");
+                    return Err(fail(ErrorCode::Malformed, msg));
+                }
+                values = h
+                    .decode(MAX_FRAME_BYTES / 2)
+                    .map_err(|e| fail(ErrorCode::Malformed, e.to_string()))?;
+                SpanInput::Hidden(&values)
+            }
+        };
+        let tokens_in = match &input {
+            SpanInput::Tokens(t) => t.len(),
+            SpanInput::Hidden(h) => h.len() / hidden.max(1),
+        };
+        if s.cache.pos() + tokens_in > s.max_tokens {
+            let msg = format!("the session was opened for {} tokens", s.max_tokens);
+            return Err(fail(ErrorCode::TooLarge, msg));
+        }
+        let started = Instant::now();
+        let cache = &mut s.cache;
+        let out = tokio::task::block_in_place(|| self.engine.run_step(cache, input, Logits::Last))
+            .map_err(|e| fail(error_code(&e), e.to_string()))?;
+        let took = started.elapsed();
+        debug!("session {id:016x} step {seq}: computed in {took:?}");
+        let mut hop_us = m.hop_us;
+        hop_us.push(took.as_micros().min(u32::MAX as u128) as u32);
+        let sent = s.next.is_some().then(|| {
+            let tokens = (out.len() / hidden) as u32;
+            HiddenStates::encode(&out, tokens, hidden as u32, s.wire)
+        });
+        s.ran(seq, sent.clone());
+        if m.replay {
+            let ack = Message::Ack(Ack {
+                session: id,
+                seq: s.seq,
+            });
+            let reply = s.reply.clone();
+            drop(s);
+            Self::reply(&reply, ack).await;
+            return Ok(());
+        }
+        match (&s.next, sent) {
+            (Some(next), Some(hidden)) => {
+                let msg = Message::Forward(Forward {
+                    session: id,
+                    seq,
+                    hidden,
+                    hop_us,
+                    replay: false,
+                });
+                let mut next = next.lock().await;
+                // A next hop that takes nothing is handled as gone: the client repairs the route.
+                tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut next, &msg))
+                    .await
+                    .map_err(|_| fail(ErrorCode::Downstream, "the next hop takes nothing".into()))?
+                    .map_err(|e| fail(ErrorCode::Downstream, e.to_string()))
+            }
+            _ => {
+                let token = s.sampler.sample_at(&out, seq);
+                let logprob = s.logprobs.then(|| log_prob(&out, token as usize));
+                let msg = Message::Token(TokenOut {
+                    session: id,
+                    seq,
+                    token,
+                    logprob,
+                    hop_us,
+                });
+                let reply = s.reply.clone();
+                drop(s);
+                Self::reply(&reply, msg).await;
+                Ok(())
+            }
+        }
+    }
+}
