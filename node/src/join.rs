@@ -130,6 +130,76 @@ fn blocks_that_fit(model: &ModelFile, memory: u64) -> u32 {
     ((memory / 4 * 3) / per_block).min(model.config.layers as u64) as u32
 }
 
+/// What a `--span auto` node needs to move to another span.
+struct Mover {
+    model: Arc<ModelFile>,
+    options: EngineOptions,
+}
+
+impl Mover {
+    /// If some block of the model has no server and this node's blocks are all served by
+    /// others, loads the least-served window of the same size, moves the node's sessions away,
+    /// and serves the new span.
+    async fn rebalance(&self, dht: &Dht, server: &Arc<Server>, record: &mut NodeRecord) {
+        let Some(target) = self.target(dht, record).await else {
+            return;
+        };
+        // Nodes that see the same gap at the same moment wait different times, and look again.
+        let me = record
+            .peer_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31) + b as u64);
+        tokio::time::sleep(std::time::Duration::from_millis(me % 3000)).await;
+        if self.target(dht, record).await != Some(target) {
+            return;
+        }
+        info!(
+            "blocks are uncovered: moving from {} to {target}",
+            record.span
+        );
+        let (model, options) = (self.model.clone(), self.options);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let engine = Engine::load(&model, target, options, &mut |_, _| {})?;
+            let tokens_per_s = measure(&engine)?;
+            Ok::<_, Error>((engine, tokens_per_s))
+        })
+        .await;
+        match loaded {
+            Ok(Ok((engine, tokens_per_s))) => {
+                server
+                    .move_to(Arc::new(engine), std::time::Duration::from_secs(10))
+                    .await;
+                record.span = target;
+                record.tokens_per_s = tokens_per_s;
+                info!("now serving blocks {target}: {tokens_per_s:.1} tokens/s");
+            }
+            Ok(Err(e)) => warn!("cannot load blocks {target}: {e}"),
+            Err(e) => warn!("cannot load blocks {target}: {e}"),
+        }
+    }
+
+    /// Where to move, if anywhere.
+    async fn target(&self, dht: &Dht, record: &NodeRecord) -> Option<Span> {
+        let records = dht.lookup(Some(&record.model_id)).await.ok()?;
+        let others: Vec<NodeRecord> = records
+            .into_iter()
+            .filter(|r| r.peer_id != record.peer_id)
+            .collect();
+        let without_me = coverage(&others, record.blocks);
+        let mine = record.span.start as usize..record.span.end as usize;
+        let gap = without_me
+            .iter()
+            .enumerate()
+            .any(|(b, &c)| c == 0 && !mine.contains(&b));
+        let mine_covered = without_me[mine].iter().all(|&c| c > 0);
+        if !gap || !mine_covered {
+            return None;
+        }
+        let target = least_served_window(&without_me, record.span.len());
+        (target != record.span).then_some(target)
+    }
+}
+
 /// KV tokens that fit in half of `memory` (the rest is for activations and everything else).
 fn kv_tokens_that_fit(engine: &Engine, memory: u64) -> usize {
     let per_token = engine.kv_bytes_per_token().max(1) as u64;
@@ -281,11 +351,18 @@ pub async fn join(
         name: opts.name.clone(),
         expires_unix: 0,
     };
-    // Announce now and keep the announcement fresh.
-    let (d, s, r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
+    // Announce now and keep the announcement fresh; a node with `--span auto` moves to cover
+    // a gap that a departed node left, when its own span stays covered without it.
+    let (d, s, mut r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
+    let mover = (opts.span == SpanChoice::Auto).then(|| Mover {
+        model: Arc::new(model),
+        options: opts.engine,
+    });
     let announcer = tokio::spawn(async move {
         loop {
-            let mut r = r.clone();
+            if let Some(m) = &mover {
+                m.rebalance(&d, &s, &mut r).await;
+            }
             r.expires_unix = dht::now_unix() + RECORD_TTL.as_secs();
             r.memory_free = crate::system::memory_available();
             r.kv_tokens_free = s.kv_tokens_free() as u64;

@@ -75,7 +75,8 @@ impl ServerOptions {
 }
 
 pub struct Server {
-    engine: Arc<Engine>,
+    /// The span's runtime; replaced when the node moves to another span.
+    engine: std::sync::RwLock<Arc<Engine>>,
     key: Keypair,
     endpoint: quinn::Endpoint,
     options: ServerOptions,
@@ -140,7 +141,7 @@ impl Server {
         };
         Ok(Arc::new(Server {
             greeting,
-            engine,
+            engine: std::sync::RwLock::new(engine),
             key,
             endpoint,
             options,
@@ -149,6 +150,28 @@ impl Server {
             rates: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// The runtime of the span served now.
+    pub fn engine(&self) -> Arc<Engine> {
+        match self.engine.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Serves another span from now on: asks the clients of open sessions to move them (up
+    /// to `grace`), then swaps the runtime. Sessions still open then are closed.
+    pub async fn move_to(&self, engine: Arc<Engine>, grace: Duration) {
+        self.drain(grace).await;
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.clear();
+        }
+        match self.engine.write() {
+            Ok(mut e) => *e = engine,
+            Err(poisoned) => *poisoned.into_inner() = engine,
+        }
+        self.draining.store(false, Ordering::SeqCst);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
@@ -160,7 +183,7 @@ impl Server {
     }
 
     pub fn span(&self) -> Span {
-        self.engine.span()
+        self.engine().span()
     }
 
     pub fn max_sessions(&self) -> usize {
@@ -169,7 +192,7 @@ impl Server {
 
     /// The model's context length: the KV tokens one session may take.
     pub fn context(&self) -> usize {
-        self.engine.context()
+        self.engine().context()
     }
 
     pub fn open_sessions(&self) -> usize {
@@ -463,7 +486,8 @@ impl Server {
                     .session(t.session)
                     .ok_or_else(|| unknown(t.session, t.seq))?;
                 let mut s = s.lock().await;
-                s.truncate(&self.engine, t.session, t.seq)?;
+                let engine = s.engine.clone();
+                s.truncate(&engine, t.session, t.seq)?;
                 let ack = Message::Ack(Ack {
                     session: t.session,
                     seq: s.seq,
@@ -517,22 +541,23 @@ impl Server {
                 format!("this node serves {}", self.options.model_id),
             ));
         }
-        let span = self.engine.span();
+        let engine = self.engine();
+        let span = engine.span();
         if o.span != span {
             return Err(fail(
                 ErrorCode::WrongSpan,
                 format!("this node serves blocks {span}"),
             ));
         }
-        if o.max_tokens as usize > self.engine.context() {
+        if o.max_tokens as usize > engine.context() {
             let msg = format!(
                 "{} tokens exceed the context of {}",
                 o.max_tokens,
-                self.engine.context()
+                engine.context()
             );
             return Err(fail(ErrorCode::TooLarge, msg));
         }
-        if self.engine.has_head() != o.next.is_none() {
+        if engine.has_head() != o.next.is_none() {
             let msg = "a next hop is needed exactly when the span does not hold head";
             return Err(fail(ErrorCode::WrongSpan, msg.into()));
         }
@@ -554,11 +579,11 @@ impl Server {
             ),
             None => None,
         };
-        let cache = self
-            .engine
+        let cache = engine
             .new_cache()
             .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
         let session = Session::new(
+            engine,
             cache,
             next,
             reply.clone(),

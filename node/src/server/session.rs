@@ -15,6 +15,8 @@ use crate::sampling::Sampler;
 pub type Send = Arc<AsyncMutex<quinn::SendStream>>;
 
 pub struct Session {
+    /// The runtime the session's cache belongs to (the node may move to another span).
+    pub engine: Arc<Engine>,
     pub cache: Cache,
     /// The number the next step must carry.
     pub seq: u64,
@@ -37,6 +39,7 @@ pub struct Session {
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        engine: Arc<Engine>,
         cache: Cache,
         next: Option<Send>,
         reply: Send,
@@ -46,6 +49,7 @@ impl Session {
         max_tokens: usize,
     ) -> Session {
         Session {
+            engine,
             cache,
             seq: 0,
             next,

@@ -139,7 +139,8 @@ impl Server {
                 format!("expected step {}", s.seq),
             ));
         }
-        let hidden = self.engine.hidden();
+        let engine = s.engine.clone();
+        let hidden = engine.hidden();
         let values;
         let input = match &m.input {
             StepInput::Tokens(t) => SpanInput::Tokens(t),
@@ -164,7 +165,7 @@ impl Server {
         }
         let started = Instant::now();
         let cache = &mut s.cache;
-        let out = tokio::task::block_in_place(|| self.engine.run_step(cache, input, Logits::Last))
+        let out = tokio::task::block_in_place(|| engine.run_step(cache, input, Logits::Last))
             .map_err(|e| fail(error_code(&e), e.to_string()))?;
         let took = started.elapsed();
         debug!("session {id:016x} step {seq}: computed in {took:?}");
