@@ -29,7 +29,7 @@ pub enum SwarmError {
     UnknownModel(String),
     #[error("the swarm serves several models; choose one with --model: {0}")]
     WhichModel(String),
-    #[error("the swarm answered no lookup: is the bootstrap address right?")]
+    #[error("the swarm answered no lookup: is the bootstrap address right? (a private swarm also needs --swarm-key)")]
     Empty,
     #[error("node {0} sent a tokenizer that does not match the model id")]
     ForgedTokenizer(String),

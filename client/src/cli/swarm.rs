@@ -36,7 +36,7 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
         nodes.retain(|r| &r.model_name == m || &r.model_id == m);
     }
     if nodes.is_empty() {
-        println!("no nodes found");
+        println!("no nodes found (is the bootstrap address right? a private swarm also needs --swarm-key)");
         return Ok(());
     }
     let mut models: Vec<(String, String, u32)> = nodes
