@@ -5,20 +5,10 @@
 //!
 //! The default is the shape of a 1B-parameter Llama (2048, 16, 8192, 32, 8, 32000).
 
-use baton_node::gguf::write::{gguf_bytes, Tensor};
+use baton_node::gguf::write::{ggml_kind, gguf_bytes, Tensor};
 use baton_node::gguf::Value;
 use baton_shaders::cpu::quantize_row;
 use baton_shaders::DType;
-
-fn kind(d: DType) -> u32 {
-    match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Q4_1 => 3,
-        DType::Q8_0 => 8,
-        DType::Bf16 => 30,
-    }
-}
 
 fn tensor(name: String, cols: usize, rows: usize, dtype: DType, seed: u64) -> Tensor {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -43,7 +33,7 @@ fn tensor(name: String, cols: usize, rows: usize, dtype: DType, seed: u64) -> Te
         } else {
             vec![cols as u64, rows as u64]
         },
-        kind: kind(dtype),
+        kind: ggml_kind(dtype),
         data: quantize_row(dtype, &values),
     }
 }

@@ -102,19 +102,24 @@ const GGML_NAMES: &[(u32, &str)] = &[
     (15, "Q8_K"),
 ];
 
+/// GGML's numbers for the formats we run.
+const GGML_KINDS: [(u32, DType); 5] = [
+    (0, DType::F32),
+    (1, DType::F16),
+    (3, DType::Q4_1),
+    (8, DType::Q8_0),
+    (30, DType::Bf16),
+];
+
 fn dtype_of(kind: u32) -> Result<DType, String> {
-    match kind {
-        0 => Ok(DType::F32),
-        1 => Ok(DType::F16),
-        3 => Ok(DType::Q4_1),
-        8 => Ok(DType::Q8_0),
-        30 => Ok(DType::Bf16),
-        other => Err(GGML_NAMES
-            .iter()
-            .find(|(k, _)| *k == other)
-            .map(|(_, n)| n.to_string())
-            .unwrap_or_else(|| format!("ggml type {other}"))),
+    if let Some((_, d)) = GGML_KINDS.iter().find(|(k, _)| *k == kind) {
+        return Ok(*d);
     }
+    Err(GGML_NAMES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_else(|| format!("ggml type {kind}")))
 }
 
 /// A bounds-checked reader over the header bytes.
@@ -359,7 +364,16 @@ impl GgufFile {
 
 /// Writes a GGUF v3 file: the tests make small models and broken files with it.
 pub mod write {
-    use super::Value;
+    use super::{Value, GGML_KINDS};
+    use baton_shaders::DType;
+
+    /// GGML's number for a format.
+    pub fn ggml_kind(d: DType) -> u32 {
+        GGML_KINDS
+            .iter()
+            .find(|(_, k)| *k == d)
+            .map_or(0, |(n, _)| *n)
+    }
 
     pub struct Tensor {
         pub name: String,

@@ -80,6 +80,25 @@ async fn the_dht_of_a_private_swarm_is_closed_to_outsiders() {
     assert_eq!(found_by(&boot, Some([8; 32]), wait).await, 0);
 }
 
+/// Connects to `peer` as `me` and exchanges hellos, proving `key` if given.
+async fn hello_as(
+    me: libp2p::identity::Keypair,
+    addr: SocketAddr,
+    peer: libp2p::PeerId,
+    key: Option<[u8; 32]>,
+) -> Result<(), NetError> {
+    let endpoint = net::endpoint(&me, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = net::connect(&endpoint, &me, addr, peer).await?;
+    let greeting = Greeting {
+        name: "tester".into(),
+        me: me.public().to_peer_id(),
+        swarm_key: key,
+    };
+    net::open_stream(&conn, &peer, &greeting, Duration::from_secs(5))
+        .await
+        .map(|_| ())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_plane_refuses_peers_without_the_key_or_not_allowed() {
     let model = ModelFile::open(&demo_model()).unwrap();
@@ -105,21 +124,7 @@ async fn the_data_plane_refuses_peers_without_the_key_or_not_allowed() {
     tokio::spawn(server.clone().serve());
     let (addr, peer) = (server.local_addr().unwrap(), server.peer_id());
 
-    let hello = |key: Option<[u8; 32]>| {
-        let me = generate_identity();
-        async move {
-            let endpoint = net::endpoint(&me, "127.0.0.1:0".parse().unwrap()).unwrap();
-            let conn = net::connect(&endpoint, &me, addr, peer).await?;
-            let greeting = Greeting {
-                name: "tester".into(),
-                me: me.public().to_peer_id(),
-                swarm_key: key,
-            };
-            net::open_stream(&conn, &peer, &greeting, Duration::from_secs(5))
-                .await
-                .map(|_| ())
-        }
-    };
+    let hello = |key| hello_as(generate_identity(), addr, peer, key);
     hello(Some(KEY)).await.unwrap();
     for key in [None, Some([8; 32])] {
         match hello(key).await {
@@ -142,18 +147,7 @@ async fn the_data_plane_refuses_peers_without_the_key_or_not_allowed() {
     .unwrap();
     tokio::spawn(picky.clone().serve());
     let (addr, peer) = (picky.local_addr().unwrap(), picky.peer_id());
-    let try_as = |me: libp2p::identity::Keypair| async move {
-        let endpoint = net::endpoint(&me, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = net::connect(&endpoint, &me, addr, peer).await?;
-        let greeting = Greeting {
-            name: "tester".into(),
-            me: me.public().to_peer_id(),
-            swarm_key: None,
-        };
-        net::open_stream(&conn, &peer, &greeting, Duration::from_secs(5))
-            .await
-            .map(|_| ())
-    };
+    let try_as = |me| hello_as(me, addr, peer, None);
     try_as(friend).await.unwrap();
     assert!(try_as(generate_identity()).await.is_err());
 }

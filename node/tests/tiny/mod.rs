@@ -1,6 +1,6 @@
 //! A tiny Llama model in GGUF, made in memory for tests and fuzzing seeds.
 
-use baton_node::gguf::write::Tensor;
+use baton_node::gguf::write::{ggml_kind, Tensor};
 use baton_node::gguf::Value;
 use baton_shaders::cpu::quantize_row;
 use baton_shaders::DType;
@@ -9,16 +9,6 @@ pub const H: usize = 64;
 pub const F: usize = 96;
 pub const V: usize = 64;
 pub const LAYERS: usize = 2;
-
-pub fn ggml_kind(d: DType) -> u32 {
-    match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Q4_1 => 3,
-        DType::Q8_0 => 8,
-        DType::Bf16 => 30,
-    }
-}
 
 /// Deterministic pseudo-random values in [-0.5, 0.5).
 pub fn values(n: usize, seed: usize) -> Vec<f32> {
