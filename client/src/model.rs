@@ -87,17 +87,28 @@ impl SwarmModel {
             logprobs: false,
             swarm_key: self.client.access.swarm_key,
         };
-        match self.client.open(&self.route(), &options).await {
-            Ok(s) => Ok(s),
-            Err(SwarmError::Net(NetError::Remote(e))) if !retryable(&e) => {
-                Err(SwarmError::Net(NetError::Remote(e)))
+        let mut route = self.route();
+        let mut avoid = Vec::new();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.client.open(&route, &options).await {
+                Ok(s) => return Ok(s),
+                Err(SwarmError::Net(NetError::Remote(e))) if !retryable(&e) => {
+                    return Err(SwarmError::Net(NetError::Remote(e)))
+                }
+                // A node with no room for the session: route around it.
+                Err(SwarmError::Net(NetError::Refused { peer, .. })) if tries < 4 => {
+                    avoid.push(peer);
+                }
+                Err(e) if tries >= 4 => return Err(e),
+                Err(_) => {}
             }
-            Err(_) => {
-                let (_, route) = self.client.route(Some(&self.id)).await?;
+            route = self.client.route_avoiding(Some(&self.id), &avoid).await?.1;
+            if avoid.is_empty() {
                 if let Ok(mut r) = self.route.lock() {
                     *r = route.clone();
                 }
-                self.client.open(&route, &options).await
             }
         }
     }

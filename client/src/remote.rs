@@ -221,7 +221,17 @@ impl RemoteSession {
         };
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
-            links.push(dialer.link(id, options, hop, route.get(i + 1)).await?);
+            let link = dialer
+                .link(id, options, hop, route.get(i + 1))
+                .await
+                .map_err(|e| match e {
+                    NetError::Remote(error) if error.code == ErrorCode::Busy => NetError::Refused {
+                        peer: hop.peer_id,
+                        error,
+                    },
+                    e => e,
+                })?;
+            links.push(link);
         }
         links.reverse();
         Ok(RemoteSession {

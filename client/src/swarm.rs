@@ -168,7 +168,18 @@ impl SwarmClient {
 
     /// Plans a route for the model: nodes that do not answer are left out.
     pub async fn route(&self, name: Option<&str>) -> Result<(String, Vec<PlannedHop>), SwarmError> {
-        let (id, records) = self.model_nodes(name).await?;
+        self.route_avoiding(name, &[]).await
+    }
+
+    /// Plans a route that avoids `avoid` (nodes that refused a session).
+    pub async fn route_avoiding(
+        &self,
+        name: Option<&str>,
+        avoid: &[PeerId],
+    ) -> Result<(String, Vec<PlannedHop>), SwarmError> {
+        let (id, mut records) = self.model_nodes(name).await?;
+        let avoid: Vec<String> = avoid.iter().map(|p| p.to_string()).collect();
+        records.retain(|r| !avoid.contains(&r.peer_id));
         let rtt = self.rtts(&records).await;
         let reachable: Vec<NodeRecord> = records
             .into_iter()

@@ -74,13 +74,19 @@ impl ServerOptions {
     }
 }
 
+/// An open session, and the KV tokens it was admitted for (readable while it steps).
+struct Slot {
+    tokens: usize,
+    session: Arc<AsyncMutex<Session>>,
+}
+
 pub struct Server {
     /// The span's runtime; replaced when the node moves to another span.
     engine: std::sync::RwLock<Arc<Engine>>,
     key: Keypair,
     endpoint: quinn::Endpoint,
     options: ServerOptions,
-    sessions: Mutex<HashMap<u64, Arc<AsyncMutex<Session>>>>,
+    sessions: Mutex<HashMap<u64, Slot>>,
     /// Connections to next hops, shared by the sessions that go there.
     downstream: AsyncMutex<HashMap<PeerId, quinn::Connection>>,
     rates: Mutex<HashMap<PeerId, RateLimit>>,
@@ -204,11 +210,7 @@ impl Server {
         let reserved: usize = self
             .sessions
             .lock()
-            .map(|s| {
-                s.values()
-                    .filter_map(|x| x.try_lock().ok().map(|x| x.max_tokens))
-                    .sum()
-            })
+            .map(|s| s.values().map(|x| x.tokens).sum())
             .unwrap_or(0);
         let cap = self
             .options
@@ -218,7 +220,10 @@ impl Server {
     }
 
     fn session(&self, id: u64) -> Option<Arc<AsyncMutex<Session>>> {
-        self.sessions.lock().ok().and_then(|s| s.get(&id).cloned())
+        self.sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&id).map(|x| x.session.clone()))
     }
 
     /// Accepts connections until the endpoint closes. Idle sessions are closed meanwhile.
@@ -247,7 +252,7 @@ impl Server {
         let open: Vec<(u64, Arc<AsyncMutex<Session>>)> = self
             .sessions
             .lock()
-            .map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .map(|s| s.iter().map(|(k, v)| (*k, v.session.clone())).collect())
             .unwrap_or_default();
         info!(
             "shutting down: asking the clients of {} session(s) to move",
@@ -276,9 +281,12 @@ impl Server {
             let Ok(mut sessions) = self.sessions.lock() else {
                 return;
             };
-            sessions.retain(|id, s| {
+            sessions.retain(|id, x| {
                 // A session busy with a step is not idle.
-                let stale = s.try_lock().is_ok_and(|s| s.last_active.elapsed() > idle);
+                let stale = x
+                    .session
+                    .try_lock()
+                    .is_ok_and(|s| s.last_active.elapsed() > idle);
                 if stale {
                     info!("session {id:016x} closed: idle for {idle:?}");
                 }
@@ -592,19 +600,28 @@ impl Server {
             o.logprobs,
             o.max_tokens as usize,
         );
-        let inserted = match self.sessions.lock() {
-            Ok(mut sessions) if !sessions.contains_key(&o.session) => {
-                sessions.insert(o.session, Arc::new(AsyncMutex::new(session)));
-                true
+        // Admission again, under the lock: other sessions may have opened meanwhile.
+        let free = self.kv_tokens_free();
+        let admitted = match self.sessions.lock() {
+            Ok(mut sessions) => {
+                if sessions.contains_key(&o.session) {
+                    Err((ErrorCode::Malformed, "the session is already open"))
+                } else if sessions.len() >= self.options.max_sessions
+                    || o.max_tokens as usize > free
+                {
+                    Err((ErrorCode::Busy, "no room for another session"))
+                } else {
+                    let slot = Slot {
+                        tokens: o.max_tokens as usize,
+                        session: Arc::new(AsyncMutex::new(session)),
+                    };
+                    sessions.insert(o.session, slot);
+                    Ok(())
+                }
             }
-            _ => false,
+            Err(_) => Err((ErrorCode::Internal, "the session table is broken")),
         };
-        if !inserted {
-            return Err(fail(
-                ErrorCode::Malformed,
-                "the session is already open".into(),
-            ));
-        }
+        admitted.map_err(|(code, why)| fail(code, why.into()))?;
         info!("session {:016x} opened", o.session);
         Self::reply(
             &reply,

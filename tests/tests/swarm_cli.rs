@@ -142,3 +142,45 @@ fn auto_spans_cover_the_model_and_leavers_drop_out() {
         std::thread::sleep(Duration::from_secs(2));
     }
 }
+
+#[test]
+fn a_node_without_room_is_routed_around() {
+    let m = model();
+    let full = NodeProcess::start(&[
+        "--model",
+        &m,
+        "--span",
+        "0..30",
+        "--name",
+        "full",
+        "--max-kv-tokens",
+        "16",
+    ])
+    .unwrap();
+    let _roomy = NodeProcess::start(&[
+        "--model",
+        &m,
+        "--span",
+        "0..30",
+        "--name",
+        "roomy",
+        "--bootstrap",
+        &full.bootstrap,
+    ])
+    .unwrap();
+    for _ in 0..2 {
+        let (ok, out, err) = baton(&[
+            "generate",
+            "--bootstrap",
+            &full.bootstrap,
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "24",
+            "--stats",
+        ]);
+        assert!(ok, "{err}");
+        assert!(out.contains("Paris"), "{out}");
+        assert!(err.contains("route: roomy 0..30"), "{err}");
+    }
+}

@@ -2,12 +2,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use baton_client::generate::{generate, generate_remote, Generation, StopReason};
-use baton_client::remote::SessionOptions;
-use baton_client::swarm::{hop_of, SwarmClient};
+use baton_client::model::SwarmModel;
+use baton_client::remote::Hop;
+use baton_client::swarm::SwarmClient;
 use baton_node::sampling::Sampling;
 use baton_node::tokenizer::{Message, Tokenizer};
 use baton_node::{BackendChoice, Engine, ModelFile};
@@ -169,43 +169,38 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         a.access.identity()?,
     )
     .await?;
-    let (id, route) = client.route(a.model.as_deref()).await?;
-    let first = route.first().context("an empty route")?;
-    let (info, tok) = client.tokenizer(&hop_of(&first.record)?, &id).await?;
-    let ids = a.prompt_ids(&tok)?;
-    let context = info.context as usize;
+    let model = SwarmModel::connect(client, a.model.as_deref(), a.wire_dtype).await?;
+    let ids = a.prompt_ids(&model.tok)?;
+    let context = model.context();
     anyhow::ensure!(
         ids.len() < context,
         "the prompt's {} tokens fill the model's context of {context}",
         ids.len()
     );
-    let options = SessionOptions {
-        model_id: id,
-        sampling: a.sampling(),
-        wire_dtype: a.wire_dtype,
-        max_tokens: (ids.len() + a.max_tokens).min(context) as u32,
-        step_timeout: Duration::from_secs(60),
-        logprobs: false,
-        swarm_key: client.access.swarm_key,
+    let mut session = model.open(a.sampling(), ids.len() + a.max_tokens).await?;
+    let hops = |route: &[Hop]| {
+        let names: Vec<String> = route
+            .iter()
+            .map(|h| format!("{} {}", h.name, h.span))
+            .collect();
+        names.join(" -> ")
     };
     if a.stats {
-        let hops: Vec<String> = route
-            .iter()
-            .map(|h| format!("{} {}", h.record.name, h.record.span))
-            .collect();
-        eprintln!("route: {}", hops.join(" -> "));
+        eprintln!("route: {}", hops(session.route()));
     }
-    let mut session = client.open(&route, &options).await?;
     // Repairs of the route are worth telling whoever watches.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
-    let g = generate_remote(&mut session, &tok, &ids, a.max_tokens, &mut print_piece)
-        .await
-        .context("generation failed")?;
+    let g = generate_remote(
+        &mut session,
+        &model.tok,
+        &ids,
+        a.max_tokens,
+        &mut print_piece,
+    )
+    .await
+    .context("generation failed")?;
+    let route = format!("route: {}", hops(session.route()));
     session.close().await;
-    let hops: Vec<String> = route
-        .iter()
-        .map(|h| format!("{} {}", h.record.name, h.record.span))
-        .collect();
-    report(&g, a.stats, &format!("route: {}", hops.join(" -> ")));
+    report(&g, a.stats, &route);
     Ok(())
 }
