@@ -99,7 +99,7 @@ impl SwarmModel {
                 }
                 // A node with no room for the session: route around it.
                 Err(SwarmError::Net(NetError::Refused { peer, .. })) if tries < 4 => {
-                    avoid.push(peer);
+                    avoid.push(*peer);
                 }
                 Err(e) if tries >= 4 => return Err(e),
                 Err(_) => {}

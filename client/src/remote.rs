@@ -226,7 +226,7 @@ impl RemoteSession {
                 .await
                 .map_err(|e| match e {
                     NetError::Remote(error) if error.code == ErrorCode::Busy => NetError::Refused {
-                        peer: hop.peer_id,
+                        peer: Box::new(hop.peer_id),
                         error,
                     },
                     e => e,

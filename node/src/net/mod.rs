@@ -60,7 +60,7 @@ pub enum NetError {
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, &'static str),
     #[error("{peer} refused the session: {}", .error.message)]
-    Refused { peer: PeerId, error: ErrorMsg },
+    Refused { peer: Box<PeerId>, error: ErrorMsg },
     #[error("no node can take over blocks {0}: the swarm no longer serves them")]
     Uncovered(baton_protocol::Span),
 }
