@@ -2,8 +2,9 @@
 //! template. The session stays open between turns: when the new prompt begins with what the
 //! session's caches already hold, only the rest is sent.
 
+use baton_node::net::NetError;
 use baton_node::tokenizer::Message;
-use baton_protocol::wire::Sampling;
+use baton_protocol::wire::{ErrorCode, Sampling};
 
 use crate::generate::{generate_remote, Generation, OnText};
 use crate::model::{PromptError, SwarmModel};
@@ -88,8 +89,16 @@ impl Chat {
                 model.open(sampling, model.context()).await?
             }
         };
+        let reused = !session.fed().is_empty();
         let new = &prompt[session.fed().len()..];
-        let g = generate_remote(&mut session, &model.tok, new, max_tokens, on_text).await?;
+        let g = match generate_remote(&mut session, &model.tok, new, max_tokens, on_text).await {
+            // The nodes closed the session while the user was away (idle timeout): start over.
+            Err(NetError::Remote(e)) if reused && e.code == ErrorCode::UnknownSession => {
+                session = model.open(sampling, model.context()).await?;
+                generate_remote(&mut session, &model.tok, &prompt, max_tokens, on_text).await?
+            }
+            other => other?,
+        };
         self.session = Some(session);
         self.messages = messages;
         self.messages.push(message("assistant", &g.text));
