@@ -72,7 +72,8 @@ impl SwarmModel {
     }
 
     /// Opens a session for `tokens` tokens (prompt and generation). When the route in hand
-    /// fails, the route is planned again from the live records and tried once more.
+    /// fails, the route is planned again from the live records, around the nodes that refused
+    /// the session for lack of room; four tries in all.
     pub async fn open(
         &self,
         sampling: Sampling,
