@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_node::dht::{now_unix, sign, verify, Dht, RECORD_TTL};
+use baton_node::dht::{now_unix, sign, verify, Dht, RECORD_TTL, REPUBLISH};
 use baton_node::net::generate_identity;
 use baton_protocol::record::{NodeRecord, SignedRecord};
 use baton_protocol::{Span, PROTOCOL_VERSION};
@@ -78,6 +78,7 @@ async fn lookup_until(
 async fn nodes_are_found_and_leavers_drop_out() {
     let listen = || "/ip4/127.0.0.1/tcp/0".parse().unwrap();
     let mut nodes = Vec::new();
+    let mut refreshers = Vec::new();
     let mut boot = Vec::new();
     for span in [(0, 10), (10, 20), (20, 30)] {
         let key = generate_identity();
@@ -93,10 +94,18 @@ async fn nodes_are_found_and_leavers_drop_out() {
         if boot.is_empty() {
             boot = dht.listen_addrs().await.unwrap();
         }
-        let r = record(&dht.peer_id.to_string(), Span::new(span.0, span.1).unwrap());
-        dht.announce(sign(&key, &r).unwrap(), "model-a")
-            .await
-            .unwrap();
+        let span = Span::new(span.0, span.1).unwrap();
+        // Announce and refresh the record as a running node does, until the node leaves.
+        let (d, peer) = (dht.clone(), dht.peer_id.to_string());
+        refreshers.push(tokio::spawn(async move {
+            loop {
+                let signed = sign(&key, &record(&peer, span)).unwrap();
+                if d.announce(signed, "model-a").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(REPUBLISH).await;
+            }
+        }));
         nodes.push(dht);
     }
     let client = Dht::start(
@@ -127,6 +136,7 @@ async fn nodes_are_found_and_leavers_drop_out() {
     assert!(client.lookup(Some("model-b")).await.unwrap().is_empty());
 
     // The last node leaves; it is gone from the client's view within one record lifetime.
+    refreshers.pop().unwrap().abort();
     let left = nodes.pop().unwrap().peer_id.to_string();
     let start = Instant::now();
     let remaining = lookup_until(
