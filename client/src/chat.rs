@@ -54,6 +54,13 @@ impl Chat {
         self.drop_session();
     }
 
+    /// Ends the conversation's session on the nodes.
+    pub async fn close(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.close().await;
+        }
+    }
+
     fn drop_session(&mut self) {
         if let Some(s) = self.session.take() {
             tokio::spawn(s.close());

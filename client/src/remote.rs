@@ -539,11 +539,13 @@ impl RemoteSession {
         }
     }
 
-    /// Frees the session on every hop.
+    /// Frees the session on every hop, and closes the connections it opened, so that the
+    /// hops learn at once even if this process exits right after.
     pub async fn close(mut self) {
         for l in &mut self.links {
             let _ = net::write_msg(&mut l.send, &Message::Close(Close { session: self.id })).await;
             let _ = l.send.finish();
+            l.conn.close(0u32.into(), b"session over");
         }
     }
 }

@@ -140,15 +140,28 @@ impl SwarmClient {
 
     /// Round-trip times to the nodes' data planes; unreachable nodes are left out.
     pub async fn rtts(&self, records: &[NodeRecord]) -> HashMap<String, Duration> {
-        let mut out = HashMap::new();
-        for r in records {
-            let Ok(hop) = hop_of(r) else { continue };
-            let ping = self.ping(&hop);
-            if let Ok(Ok(rtt)) = tokio::time::timeout(Duration::from_secs(3), ping).await {
-                out.insert(r.peer_id.clone(), rtt);
-            }
-        }
-        out
+        self.rtts_within(records, Duration::from_secs(3)).await
+    }
+
+    /// Round trips measured at once, giving each node `limit` to answer.
+    async fn rtts_within(
+        &self,
+        records: &[NodeRecord],
+        limit: Duration,
+    ) -> HashMap<String, Duration> {
+        let pings = records.iter().map(|r| async move {
+            let hop = hop_of(r).ok()?;
+            let rtt = tokio::time::timeout(limit, self.ping(&hop))
+                .await
+                .ok()?
+                .ok()?;
+            Some((r.peer_id.clone(), rtt))
+        });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The time a hello takes there and back on a fresh stream, after the handshake: what one
@@ -257,7 +270,8 @@ impl SwarmClient {
             .into_iter()
             .filter(|r| r.span == span && !excluded.contains(&r.peer_id))
             .collect();
-        let rtt = self.rtts(&candidates).await;
+        // A repair waits on this: a node that does not answer within a second is no candidate.
+        let rtt = self.rtts_within(&candidates, Duration::from_secs(1)).await;
         candidates
             .iter()
             .filter_map(|r| {
@@ -266,6 +280,12 @@ impl SwarmClient {
             })
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .and_then(|(_, r)| hop_of(r).ok())
+    }
+
+    /// Lets the data plane's goodbyes reach the nodes before the process exits.
+    pub async fn finish(&self) {
+        self.endpoint.close(0u32.into(), b"client done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     pub fn peer_id(&self) -> PeerId {

@@ -182,6 +182,8 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
             }
         }
     }
+    chat.close().await;
+    model.client.finish().await;
     if let Some(local) = &source.local {
         local.shutdown();
     }

@@ -201,6 +201,7 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
     .context("generation failed")?;
     let route = format!("route: {}", hops(session.route()));
     session.close().await;
+    model.client.finish().await;
     report(&g, a.stats, &route);
     Ok(())
 }
