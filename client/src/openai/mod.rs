@@ -277,6 +277,8 @@ async fn run(
         .model
         .open(p.sampling, prompt.len() + max_tokens)
         .await?;
+    // Whoever runs the server hears about repairs of a request's route.
+    session.on_event = Some(Box::new(|line| eprintln!("{line}")));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let task_state = state.clone();
     let stops = p.stops.clone();
