@@ -53,6 +53,31 @@ impl Generation {
         n as f64 / self.decode_time.as_secs_f64()
     }
 
+    /// Along a swarm, what a decode step took: "per token: T ms = compute A t, B t + network and
+    /// the rest r (ms)", the hops named by `names` in route order. `None` without decode steps.
+    pub fn breakdown(&self, names: &[String]) -> Option<String> {
+        if self.decode_steps == 0 {
+            return None;
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / self.decode_steps as f64;
+        let hops: Vec<String> = self
+            .hop_compute
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let name = names.get(i).map_or("?", String::as_str);
+                format!("{name} {:.2}", per(*d))
+            })
+            .collect();
+        let step = per(self.decode_time);
+        let compute: f64 = self.hop_compute.iter().map(|d| per(*d)).sum();
+        Some(format!(
+            "per token: {step:.2} ms = compute {} + network and the rest {:.2} (ms)",
+            hops.join(", "),
+            step - compute
+        ))
+    }
+
     /// Tokens the model sampled: the ones shown, and the end-of-turn token that ended them.
     pub fn completion_tokens(&self) -> usize {
         self.ids.len() + usize::from(self.stop == StopReason::EndOfTurn)

@@ -221,27 +221,14 @@ fn stats(model: &SwarmModel, last: Option<&Generation>) -> String {
         g.time_to_first_token.as_secs_f64() * 1e3,
         g.decode_tokens_per_s()
     );
-    if g.decode_steps > 0 {
-        let per = |d: std::time::Duration| d.as_secs_f64() * 1e3 / g.decode_steps as f64;
-        let route = model.route();
-        let hops: Vec<String> = g
-            .hop_compute
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let name = route.get(i).map_or("?".to_string(), |h| {
-                    format!("{} {}", h.record.name, h.record.span)
-                });
-                format!("{name} {:.2}", per(*d))
-            })
-            .collect();
-        let step = per(g.decode_time);
-        let compute: f64 = g.hop_compute.iter().map(|d| per(*d)).sum();
-        s.push_str(&format!(
-            "; per token: {step:.2} ms = compute {} + network and the rest {:.2} (ms)",
-            hops.join(", "),
-            step - compute
-        ));
+    let names: Vec<String> = model
+        .route()
+        .iter()
+        .map(|h| format!("{} {}", h.record.name, h.record.span))
+        .collect();
+    if let Some(b) = g.breakdown(&names) {
+        s.push_str("; ");
+        s.push_str(&b);
     }
     s
 }

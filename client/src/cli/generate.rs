@@ -115,7 +115,7 @@ fn print_piece(piece: &str) -> bool {
     true
 }
 
-fn report(g: &Generation, stats: bool, backend: &str) {
+fn report(g: &Generation, stats: bool, backend: &str, hops: &[String]) {
     println!();
     if stats {
         eprintln!(
@@ -131,6 +131,9 @@ fn report(g: &Generation, stats: bool, backend: &str) {
             g.time_to_first_token.as_secs_f64() * 1e3,
             g.decode_tokens_per_s(),
         );
+        if let Some(b) = g.breakdown(hops).filter(|_| !hops.is_empty()) {
+            eprintln!("{b}");
+        }
     }
 }
 
@@ -157,7 +160,7 @@ pub fn run_local(a: GenerateArgs) -> anyhow::Result<()> {
         &mut print_piece,
     )
     .context("generation failed")?;
-    report(&g, a.stats, &engine.describe());
+    report(&g, a.stats, &engine.describe(), &[]);
     Ok(())
 }
 
@@ -178,15 +181,14 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         ids.len()
     );
     let mut session = model.open(a.sampling(), ids.len() + a.max_tokens).await?;
-    let hops = |route: &[Hop]| {
-        let names: Vec<String> = route
+    let hops = |route: &[Hop]| -> Vec<String> {
+        route
             .iter()
             .map(|h| format!("{} {}", h.name, h.span))
-            .collect();
-        names.join(" -> ")
+            .collect()
     };
     if a.stats {
-        eprintln!("route: {}", hops(session.route()));
+        eprintln!("route: {}", hops(session.route()).join(" -> "));
     }
     // Repairs of the route are worth telling whoever watches.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
@@ -199,9 +201,10 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
     )
     .await
     .context("generation failed")?;
-    let route = format!("route: {}", hops(session.route()));
+    let names = hops(session.route());
+    let route = format!("route: {}", names.join(" -> "));
     session.close().await;
     model.client.finish().await;
-    report(&g, a.stats, &route);
+    report(&g, a.stats, &route, &names);
     Ok(())
 }
