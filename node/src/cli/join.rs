@@ -66,8 +66,10 @@ pub struct JoinArgs {
 
 pub fn run(a: JoinArgs) -> anyhow::Result<()> {
     super::set_threads(a.model.threads)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the network and the steps: a decode step runs where its message arrived
+    // and its output leaves from there, with no hand-over between threads on the way (longer
+    // steps go to a blocking thread, see `server::steps`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

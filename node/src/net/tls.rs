@@ -15,12 +15,24 @@ use super::NetError;
 /// How long a handshake may take: a peer that has gone away is given up on quickly.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Packets a receiver may take before it must acknowledge them at once.
+const ACK_EVERY: u32 = 9;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(idle) = Duration::from_secs(30).try_into() {
         t.max_idle_timeout(Some(idle));
     }
+    // A session's messages go one way on each connection, one packet per step. By default the
+    // receiver acknowledges every second packet at once, which puts a packet back to the sender
+    // (and, on one machine, the sender's wake-up) between the arrival of a step and its
+    // computation. Asking peers to acknowledge every ninth packet moves most acknowledgements to
+    // the delayed-ACK timer; bulk transfers (prompts) still get theirs at once, as the first
+    // flight is larger than that.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_EVERY - 1));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 

@@ -9,13 +9,17 @@ use baton_protocol::wire::{
     Ack, ErrorCode, ErrorMsg, Forward, Message, NextHop, TokenOut, MAX_FRAME_BYTES,
 };
 use baton_protocol::HiddenStates;
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::task::JoinError;
 use tracing::{debug, info};
 
+use super::session::Session;
 use super::{error, error_code, unknown, Send, Server, StepInput, StepMsg, NETWORK_WAIT};
 use crate::net::{self, NetError, PeerId};
+use crate::runtime::Engine;
 use crate::sampling::log_prob;
-use crate::{Logits, SpanInput};
+use crate::{Logits, RunError, SpanInput};
 
 impl Server {
     /// Opens a stream to the next hop for a session; errors the next hop answers are passed on
@@ -130,7 +134,7 @@ impl Server {
         let (id, seq) = (m.session, m.seq);
         let fail = |code, msg: String| error(id, seq, code, msg);
         let session = self.session(id).ok_or_else(|| unknown(id, seq))?;
-        let mut s = session.lock().await;
+        let s = session.lock_owned().await;
         // A replay catches a new hop up to step `seq`; anything else comes in order.
         let in_order = if m.replay { seq >= s.seq } else { seq == s.seq };
         if !in_order {
@@ -141,32 +145,32 @@ impl Server {
         }
         let engine = s.engine.clone();
         let hidden = engine.hidden();
-        let values;
-        let input = match &m.input {
-            StepInput::Tokens(t) => SpanInput::Tokens(t),
+        let input = match m.input {
+            StepInput::Tokens(t) => Input::Tokens(t),
             StepInput::Hidden(h) => {
                 if h.hidden as usize != hidden {
                     let msg = format!("hidden states must be {hidden} wide");
                     return Err(fail(ErrorCode::Malformed, msg));
                 }
-                values = h
+                let values = h
                     .decode(MAX_FRAME_BYTES / 2)
                     .map_err(|e| fail(ErrorCode::Malformed, e.to_string()))?;
-                SpanInput::Hidden(&values)
+                Input::Hidden(values)
             }
         };
         let tokens_in = match &input {
-            SpanInput::Tokens(t) => t.len(),
-            SpanInput::Hidden(h) => h.len() / hidden.max(1),
+            Input::Tokens(t) => t.len(),
+            Input::Hidden(h) => h.len() / hidden.max(1),
         };
         if s.cache.pos() + tokens_in > s.max_tokens {
             let msg = format!("the session was opened for {} tokens", s.max_tokens);
             return Err(fail(ErrorCode::TooLarge, msg));
         }
         let started = Instant::now();
-        let cache = &mut s.cache;
-        let out = tokio::task::block_in_place(|| engine.run_step(cache, input, Logits::Last))
-            .map_err(|e| fail(error_code(&e), e.to_string()))?;
+        let (mut s, out) = run_span(s, engine, input, tokens_in)
+            .await
+            .map_err(|e| fail(ErrorCode::Internal, format!("the step failed: {e}")))?;
+        let out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
         let took = started.elapsed();
         debug!("session {id:016x} step {seq}: computed in {took:?}");
         let mut hop_us = m.hop_us;
@@ -217,6 +221,58 @@ impl Server {
                 Self::reply(&reply, msg).await;
                 Ok(())
             }
+        }
+    }
+}
+
+/// What a step feeds its span, owned so that a long step can move to another thread.
+enum Input {
+    Tokens(Vec<u32>),
+    Hidden(Vec<f32>),
+}
+
+impl Input {
+    fn span_input(&self) -> SpanInput<'_> {
+        match self {
+            Input::Tokens(t) => SpanInput::Tokens(t),
+            Input::Hidden(h) => SpanInput::Hidden(h),
+        }
+    }
+}
+
+/// Steps of at most this many tokens run right where the step arrived when the runtime has a
+/// single thread, as `baton-node join` runs it: a decode step takes milliseconds, and handing it
+/// to another thread and back would cost two thread wake-ups on every hop of every token. Longer
+/// steps (prompts, replays) run on a blocking thread, so that the node keeps answering pings and
+/// other sessions while it computes.
+const INLINE_TOKENS: usize = 16;
+
+/// Runs a step of `s`'s span and gives the session back with the output; fails only when the
+/// thread that ran the step did not finish it.
+async fn run_span(
+    mut s: OwnedMutexGuard<Session>,
+    engine: Arc<Engine>,
+    input: Input,
+    tokens: usize,
+) -> Result<(OwnedMutexGuard<Session>, Result<Vec<f32>, RunError>), JoinError> {
+    match Handle::current().runtime_flavor() {
+        RuntimeFlavor::CurrentThread if tokens <= INLINE_TOKENS => {
+            let out = engine.run_step(&mut s.cache, input.span_input(), Logits::Last);
+            Ok((s, out))
+        }
+        RuntimeFlavor::CurrentThread => {
+            // The session stays locked while its step runs elsewhere.
+            tokio::task::spawn_blocking(move || {
+                let out = engine.run_step(&mut s.cache, input.span_input(), Logits::Last);
+                (s, out)
+            })
+            .await
+        }
+        _ => {
+            let out = tokio::task::block_in_place(|| {
+                engine.run_step(&mut s.cache, input.span_input(), Logits::Last)
+            });
+            Ok((s, out))
         }
     }
 }
