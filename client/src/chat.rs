@@ -84,6 +84,7 @@ impl Chat {
         let mut session = match self.session.take() {
             Some(s)
                 if prompt.starts_with(s.fed())
+                    && !s.running_ahead()
                     && prompt.len() + max_tokens <= s.max_tokens()
                     && s.fed().len() < prompt.len() =>
             {

@@ -6,6 +6,8 @@ use baton_node::sampling::{Sampler, Sampling};
 use baton_node::tokenizer::Tokenizer;
 use baton_node::{Engine, Logits, RunError, SpanInput};
 
+use crate::remote::RemoteSession;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The model produced an end-of-turn or end-of-text token.
@@ -41,6 +43,9 @@ pub struct Generation {
     pub hop_compute: Vec<Duration>,
     /// Steps after the first, which `decode_time` and `hop_compute` cover.
     pub decode_steps: usize,
+    /// Of those, the steps the head hop started by itself, without a round trip through the
+    /// client.
+    pub fed_on: usize,
 }
 
 impl Generation {
@@ -72,9 +77,12 @@ impl Generation {
         let step = per(self.decode_time);
         let compute: f64 = self.hop_compute.iter().map(|d| per(*d)).sum();
         Some(format!(
-            "per token: {step:.2} ms = compute {} + network and the rest {:.2} (ms)",
+            "per token: {step:.2} ms = compute {} + network and the rest {:.2} (ms); \
+             {} of {} steps fed on by the head hop",
             hops.join(", "),
-            step - compute
+            step - compute,
+            self.fed_on,
+            self.decode_steps
         ))
     }
 
@@ -184,6 +192,7 @@ impl<'a> Output<'a> {
             stop,
             hop_compute: Vec::new(),
             decode_steps: 0,
+            fed_on: 0,
         }
     }
 }
@@ -223,11 +232,16 @@ pub fn generate(
     Ok(g)
 }
 
+/// The most steps the head hop starts by itself between two steps this client sends: between
+/// those, the client moves hops that are leaving.
+const RUN_AHEAD: usize = 32;
+
 /// Generates along a swarm session, as [`generate`] does in one process: the hop holding
-/// `head` samples with the session's settings. `prompt` is what to add to what the session
+/// `head` samples with the session's settings, and feeds each token it samples straight to
+/// the first hop as the next step while the generation wants more. `prompt` is what to add to what the session
 /// already holds (all of the prompt for a new session).
 pub async fn generate_remote(
-    session: &mut crate::remote::RemoteSession,
+    session: &mut RemoteSession,
     tok: &Tokenizer,
     prompt: &[u32],
     max_tokens: usize,
@@ -236,15 +250,36 @@ pub async fn generate_remote(
     let start = Instant::now();
     let context = session.max_tokens();
     let mut out = Output::new(tok, max_tokens, context);
-    let mut next = session.step(prompt).await?.token;
+    // How many steps after one that feeds `tokens` the generation may still want, if nothing
+    // stops it: the head hop may start that many by itself.
+    let wanted = |session: &RemoteSession, out: &Output, tokens: usize| {
+        if !session.feed_on {
+            return 0;
+        }
+        let by_length = max_tokens.saturating_sub(out.ids.len() + 1);
+        let by_context = context.saturating_sub(session.fed().len() + tokens);
+        by_length.min(by_context).min(RUN_AHEAD) as u32
+    };
+    let more = wanted(session, &out, prompt.len());
+    let mut next = session.step(prompt, more).await?.token;
     let ttft = start.elapsed();
     let mut hop_compute: Vec<Duration> = Vec::new();
     let mut decode_steps = 0;
+    let mut fed_on = 0;
     let stop = loop {
         if let Some(stop) = out.accept(next, session.fed().len(), on_text) {
             break stop;
         }
-        let t = session.step(&[next]).await?;
+        let t = match session.follow().await {
+            Some(t) => {
+                fed_on += 1;
+                t?
+            }
+            None => {
+                let more = wanted(session, &out, 1);
+                session.step(&[next], more).await?
+            }
+        };
         hop_compute.resize(t.hop_us.len().max(hop_compute.len()), Duration::ZERO);
         for (sum, us) in hop_compute.iter_mut().zip(&t.hop_us) {
             *sum += Duration::from_micros(*us as u64);
@@ -255,5 +290,6 @@ pub async fn generate_remote(
     let mut g = out.finish(prompt.len(), start, ttft, stop);
     g.hop_compute = hop_compute;
     g.decode_steps = decode_steps;
+    g.fed_on = fed_on;
     Ok(g)
 }

@@ -87,6 +87,7 @@ impl SwarmModel {
             step_timeout: STEP_TIMEOUT,
             logprobs: false,
             swarm_key: self.client.access.swarm_key,
+            stop_ids: self.tok.stop_ids.clone(),
         };
         let mut route = self.route();
         let mut avoid = Vec::new();

@@ -45,6 +45,8 @@ pub struct SessionOptions {
     pub logprobs: bool,
     /// A private swarm's key.
     pub swarm_key: Option<SwarmKey>,
+    /// Tokens that end a generation: the head hop does not feed them on as the next step.
+    pub stop_ids: Vec<u32>,
 }
 
 /// Finds a node that serves `span`, other than the peers given: a replacement for a hop.
@@ -97,13 +99,15 @@ struct Dialer {
 }
 
 impl Dialer {
-    /// Opens the session on `hop`, sending its output to `next`.
+    /// Opens the session on `hop`, sending its output to `next`; the hop holding `head` (no
+    /// `next`) feeds the tokens it samples to `first`, the route's first hop.
     async fn link(
         &mut self,
         session: u64,
         options: &SessionOptions,
         hop: &Hop,
         next: Option<&Hop>,
+        first: &Hop,
     ) -> Result<Link, NetError> {
         let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
         let (mut send, mut recv) =
@@ -117,6 +121,8 @@ impl Dialer {
             wire_dtype: options.wire_dtype,
             max_tokens: options.max_tokens,
             logprobs: options.logprobs,
+            ring: next.is_none().then(|| next_hop(first)),
+            stop_ids: options.stop_ids.clone(),
         };
         net::write_msg(&mut send, &Message::OpenSession(open)).await?;
         match tokio::time::timeout(options.step_timeout, net::read_msg(&mut recv)).await {
@@ -162,6 +168,13 @@ enum Failure {
     Fatal(NetError),
 }
 
+/// A step the head hop started by itself: the token it fed to the first hop, and how many
+/// steps it may still start after this one.
+struct FedOn {
+    tokens: Vec<u32>,
+    more: u32,
+}
+
 pub struct RemoteSession {
     pub id: u64,
     seq: u64,
@@ -176,9 +189,14 @@ pub struct RemoteSession {
     fed: Vec<u32>,
     /// Hops that said they are leaving, to move between steps.
     leaving: Vec<usize>,
+    /// The step the head hop started after the last one, if it did.
+    fed_on: Option<FedOn>,
     find: Option<FindHop>,
     /// Called with a line about each repair.
     pub on_event: Option<OnEvent>,
+    /// Whether generations let the head hop feed its tokens on (see [`RemoteSession::step`]);
+    /// on by default.
+    pub feed_on: bool,
     pub repairs: Vec<Repair>,
 }
 
@@ -222,7 +240,7 @@ impl RemoteSession {
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
             let link = dialer
-                .link(id, options, hop, route.get(i + 1))
+                .link(id, options, hop, route.get(i + 1), &route[0])
                 .await
                 .map_err(|e| match e {
                     NetError::Remote(error) if error.code == ErrorCode::Busy => NetError::Refused {
@@ -244,8 +262,10 @@ impl RemoteSession {
             options: options.clone(),
             fed: Vec::new(),
             leaving: Vec::new(),
+            fed_on: None,
             find,
             on_event: None,
+            feed_on: true,
             repairs: Vec::new(),
         })
     }
@@ -276,19 +296,54 @@ impl RemoteSession {
     }
 
     /// Runs `tokens` through the route and returns the token the head hop sampled after them,
-    /// repairing the route on the way if a hop fails.
-    pub async fn step(&mut self, tokens: &[u32]) -> Result<TokenOut, NetError> {
+    /// repairing the route on the way if a hop fails. With `more` > 0 the head hop feeds each
+    /// token it samples (but a stop token) straight to the first hop as the next step, up to
+    /// `more` steps, without waiting for this client: [`RemoteSession::follow`] returns their
+    /// tokens, and must be called (until it returns `None`) before the next `step`.
+    pub async fn step(&mut self, tokens: &[u32], more: u32) -> Result<TokenOut, NetError> {
+        if self.fed_on.is_some() {
+            return Err(NetError::Protocol(
+                "the head hop started a step that has not been followed".into(),
+            ));
+        }
+        self.run(tokens.to_vec(), more, true).await
+    }
+
+    /// The token of the step the head hop started by itself after the last one, if it did.
+    pub async fn follow(&mut self) -> Option<Result<TokenOut, NetError>> {
+        let f = self.fed_on.take()?;
+        Some(self.run(f.tokens, f.more, false).await)
+    }
+
+    /// Whether the hops are running a step this client has not followed: their caches then
+    /// hold more than [`RemoteSession::fed`].
+    pub fn running_ahead(&self) -> bool {
+        self.fed_on.is_some()
+    }
+
+    /// Runs a step, sent by this client or (`send` false) started by the head hop.
+    async fn run(&mut self, tokens: Vec<u32>, more: u32, send: bool) -> Result<TokenOut, NetError> {
         let started = Instant::now();
         let mut repaired: Vec<(usize, Hop)> = Vec::new();
+        let mut send = send;
         for attempt in 0.. {
-            let failure = match self.try_step(tokens).await {
+            let failure = match self.try_step(&tokens, more, send).await {
                 Ok(t) => {
                     self.seq += 1;
-                    self.fed.extend_from_slice(tokens);
+                    self.fed.extend_from_slice(&tokens);
                     for (k, old) in repaired {
                         self.record(RepairKind::Failed, k, &old, started.elapsed());
                     }
-                    self.move_leaving().await;
+                    match more.checked_sub(1).filter(|_| t.fed_on) {
+                        Some(more) => {
+                            self.fed_on = Some(FedOn {
+                                tokens: vec![t.token],
+                                more,
+                            })
+                        }
+                        // Between two steps of this client's: the time to move leaving hops.
+                        None => self.move_leaving().await,
+                    }
                     return Ok(t);
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
@@ -317,11 +372,14 @@ impl RemoteSession {
                 self.seq
             ));
             self.truncate_alive(&dead).await?;
+            let head_alive = !dead.contains(&(self.route.len() - 1));
             for k in dead {
                 let old = self.route[k].clone();
-                self.replace(k, &[old.peer_id]).await?;
+                self.replace(k, &[old.peer_id], head_alive).await?;
                 repaired.push((k, old));
             }
+            // The hops forgot the step: this client sends it again.
+            send = true;
         }
         unreachable!("the loop returns")
     }
@@ -357,17 +415,25 @@ impl RemoteSession {
         self.repairs.push(r);
     }
 
-    async fn try_step(&mut self, tokens: &[u32]) -> Result<TokenOut, Failure> {
+    async fn try_step(
+        &mut self,
+        tokens: &[u32],
+        more: u32,
+        send: bool,
+    ) -> Result<TokenOut, Failure> {
         let seq = self.seq;
-        let step = Message::Step(Step {
-            session: self.id,
-            seq,
-            tokens: tokens.to_vec(),
-            replay: false,
-        });
-        net::write_msg(&mut self.links[0].send, &step)
-            .await
-            .map_err(Failure::Route)?;
+        if send {
+            let step = Message::Step(Step {
+                session: self.id,
+                seq,
+                tokens: tokens.to_vec(),
+                replay: false,
+                more,
+            });
+            net::write_msg(&mut self.links[0].send, &step)
+                .await
+                .map_err(Failure::Route)?;
+        }
         let start = tokio::time::Instant::now();
         let deadline = start + self.options.step_timeout;
         let mut probed = false;
@@ -473,7 +539,14 @@ impl RemoteSession {
 
     /// Replaces hop `k` by another node serving its span (none of `exclude`), rebuilding the
     /// newcomer's cache from what the hop before it sent (or from the tokens, for the first).
-    async fn replace(&mut self, k: usize, exclude: &[PeerId]) -> Result<(), NetError> {
+    /// A new first hop is named to the head hop when `head_alive` (a head hop being replaced
+    /// too learns it when it is opened).
+    async fn replace(
+        &mut self,
+        k: usize,
+        exclude: &[PeerId],
+        head_alive: bool,
+    ) -> Result<(), NetError> {
         let span = self.route[k].span;
         let mut exclude = exclude.to_vec();
         exclude.extend(self.leaving.iter().map(|&h| self.route[h].peer_id));
@@ -483,9 +556,10 @@ impl RemoteSession {
             .ok_or_else(|| NetError::Protocol("this session cannot repair its route".into()))?;
         let new = find(span, exclude).await.ok_or(NetError::Uncovered(span))?;
         let next = self.route.get(k + 1).cloned();
+        let first = if k == 0 { &new } else { &self.route[0] };
         let link = self
             .dialer
-            .link(self.id, &self.options, &new, next.as_ref())
+            .link(self.id, &self.options, &new, next.as_ref(), first)
             .await?;
         let mut link = Some(link);
         if k == 0 {
@@ -496,10 +570,23 @@ impl RemoteSession {
                     seq: self.seq - 1,
                     tokens: self.fed.clone(),
                     replay: true,
+                    more: 0,
                 });
                 net::write_msg(&mut l.send, &replay).await?;
                 let id = l.id;
                 self.ack(id, "the replay of the tokens").await?;
+            }
+            // The head hop feeds its tokens to the new first hop (a one-hop route's new hop
+            // feeds itself).
+            let last = self.links.len() - 1;
+            if last > 0 && head_alive {
+                let redirect = Message::Redirect(Redirect {
+                    session: self.id,
+                    next: next_hop(&new),
+                });
+                net::write_msg(&mut self.links[last].send, &redirect).await?;
+                let id = self.links[last].id;
+                self.ack(id, "a new first hop for the head hop").await?;
             }
         } else {
             let redirect = Message::Redirect(Redirect {
@@ -526,7 +613,7 @@ impl RemoteSession {
         while let Some(&k) = self.leaving.first() {
             let started = Instant::now();
             let old = self.route[k].clone();
-            match self.replace(k, &[old.peer_id]).await {
+            match self.replace(k, &[old.peer_id], true).await {
                 Ok(()) => self.record(RepairKind::Left, k, &old, started.elapsed()),
                 Err(e) => {
                     self.event(&format!(

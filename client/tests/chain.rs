@@ -50,6 +50,7 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         step_timeout: Duration::from_secs(60),
         logprobs: false,
         swarm_key: None,
+        stop_ids: Vec::new(),
     }
 }
 
@@ -58,11 +59,12 @@ async fn remote_greedy(route: &[Hop], wire: WireDtype, prompt: &[u32], n: usize)
     let mut s = RemoteSession::open(&endpoint, &key, route, &options(wire), None)
         .await
         .unwrap();
-    let mut out = vec![s.step(prompt).await.unwrap().token];
-    while out.len() < n {
-        let last = *out.last().unwrap();
-        out.push(s.step(&[last]).await.unwrap().token);
+    // The head hop feeds every token on to the first hop: the client only follows.
+    let mut out = vec![s.step(prompt, (n - 1) as u32).await.unwrap().token];
+    while let Some(t) = s.follow().await {
+        out.push(t.unwrap().token);
     }
+    assert_eq!(out.len(), n, "the head hop fed on every token asked for");
     s.close().await;
     out
 }
@@ -135,7 +137,7 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
         .await
         .unwrap();
     let prompt = &cases().unwrap()[0].prompt_ids;
-    let first = good.step(prompt).await.unwrap().token;
+    let first = good.step(prompt, 0).await.unwrap().token;
 
     let conn = net::connect(&endpoint, &key, hop.addr, hop.peer_id)
         .await
@@ -165,6 +167,7 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
             seq,
             tokens: vec![1],
             replay: false,
+            more: 0,
         })
     };
     net::write_msg(&mut send, &step(12345, 0)).await.unwrap();
@@ -185,7 +188,7 @@ async fn bad_peers_and_bad_messages_are_refused_and_serving_goes_on() {
     );
 
     // The good session goes on as if nothing happened.
-    let second = good.step(&[first]).await.unwrap();
+    let second = good.step(&[first], 0).await.unwrap();
     assert_eq!(second.seq, 1);
     let lp = second
         .logprob

@@ -5,6 +5,9 @@
 //! the first hop only. Every hop runs its span and pushes the hidden states (`Forward`) straight
 //! to the next hop; the hop that holds `head` samples and answers the client with `Token` on the
 //! client's own stream. One message per hop per step, and nothing relayed through the client.
+//! While the client wants more tokens (`Step::more`), the head hop also sends each token it
+//! samples straight to the first hop as the next step, so that decoding goes round the route
+//! without waiting for the client; the client follows the tokens as they come.
 //!
 //! Anything wrong with a message gets an `Error` on the stream it came from, and the node keeps
 //! serving its other streams and sessions.
@@ -32,7 +35,7 @@ mod session;
 mod steps;
 
 pub use limits::RateLimit;
-use session::{Send, Session};
+use session::{Ring, Send, Session};
 
 /// How long a peer may take to say hello on a new stream, and to take a message we send it.
 const NETWORK_WAIT: Duration = Duration::from_secs(10);
@@ -129,6 +132,8 @@ struct StepMsg {
     /// Compute times of the hops before this one.
     hop_us: Vec<u32>,
     replay: bool,
+    /// Steps the head hop may still start by itself.
+    more: u32,
 }
 
 impl Server {
@@ -476,6 +481,7 @@ impl Server {
                     input: StepInput::Tokens(s.tokens),
                     hop_us: Vec::new(),
                     replay: s.replay,
+                    more: s.more,
                 })
                 .await
             }
@@ -486,6 +492,7 @@ impl Server {
                     input: StepInput::Hidden(f.hidden),
                     hop_us: f.hop_us,
                     replay: f.replay,
+                    more: f.more,
                 })
                 .await
             }
@@ -590,7 +597,7 @@ impl Server {
         let cache = engine
             .new_cache()
             .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
-        let session = Session::new(
+        let mut session = Session::new(
             engine,
             cache,
             next,
@@ -600,6 +607,13 @@ impl Server {
             o.logprobs,
             o.max_tokens as usize,
         );
+        if o.next.is_none() {
+            session.ring = o.ring.clone().map(|first| Ring {
+                first,
+                send: None,
+                stop_ids: o.stop_ids.clone(),
+            });
+        }
         // Admission again, under the lock: other sessions may have opened meanwhile.
         let free = self.kv_tokens_free();
         let admitted = match self.sessions.lock() {

@@ -91,6 +91,8 @@ fn open(session: u64, max_tokens: u32) -> Message {
         wire_dtype: WireDtype::F16,
         max_tokens,
         logprobs: false,
+        ring: None,
+        stop_ids: Vec::new(),
     })
 }
 
@@ -116,6 +118,7 @@ async fn attack(addr: SocketAddr, peer: PeerId, stop: Arc<AtomicBool>, errors: A
                 seq: 3,
                 tokens: vec![1, 2],
                 replay: false,
+                more: 0,
             }),
             // Hidden states whose shape lies about their bytes, and a huge claimed shape.
             Message::Forward(Forward {
@@ -129,6 +132,7 @@ async fn attack(addr: SocketAddr, peer: PeerId, stop: Arc<AtomicBool>, errors: A
                 },
                 hop_us: vec![],
                 replay: false,
+                more: 0,
             }),
             // A session opened with the wrong model, then a real one stepped out of order.
             open(session, 64),
@@ -138,6 +142,7 @@ async fn attack(addr: SocketAddr, peer: PeerId, stop: Arc<AtomicBool>, errors: A
                 token: 1,
                 logprob: None,
                 hop_us: vec![],
+                fed_on: false,
             }),
         ];
         for m in &bad {
@@ -273,6 +278,7 @@ fn a_node_refuses_sessions_beyond_its_kv_room_with_a_reason() {
                 seq: 0,
                 tokens: (0..400).map(|i| (i * 37 % 5000) as u32).collect(),
                 replay: false,
+                more: 0,
             });
             net::write_msg(&mut send, &step).await.unwrap();
             let answer = net::read_msg(&mut recv).await.unwrap();

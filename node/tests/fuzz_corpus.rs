@@ -56,12 +56,15 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             wire_dtype: WireDtype::F16,
             max_tokens: 64,
             logprobs: true,
+            ring: None,
+            stop_ids: Vec::new(),
         }),
         Message::Step(Step {
             session: 7,
             seq: 0,
             tokens: vec![1, 2, 3],
             replay: false,
+            more: 0,
         }),
         Message::Forward(Forward {
             session: 7,
@@ -69,6 +72,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             hidden: HiddenStates::encode(&[0.5; 8], 2, 4, WireDtype::Bf16),
             hop_us: vec![10, 20],
             replay: true,
+            more: 0,
         }),
         Message::Token(TokenOut {
             session: 7,
@@ -76,6 +80,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             token: 5,
             logprob: Some(-0.5),
             hop_us: vec![1],
+            fed_on: false,
         }),
         Message::Error(ErrorMsg {
             session: 7,

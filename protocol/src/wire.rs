@@ -88,6 +88,11 @@ pub struct OpenSession {
     pub max_tokens: u32,
     /// Whether the head hop reports each token's log-probability.
     pub logprobs: bool,
+    /// On the hop that holds `head`: the first hop of the route, to which it may feed each
+    /// token it samples as the next step (see [`Step::more`]).
+    pub ring: Option<NextHop>,
+    /// Tokens that end a generation: the head hop never feeds them on.
+    pub stop_ids: Vec<u32>,
 }
 
 /// Hop → client: the session is open.
@@ -106,6 +111,10 @@ pub struct Step {
     /// Rebuilding a replacement hop's cache after a failure: run the tokens, forward and
     /// sample nothing, and answer `Ack`. `seq` is then the last step the tokens belong to.
     pub replay: bool,
+    /// How many further steps the head hop may start by itself: it sends the token it samples
+    /// to the client and, as step `seq + 1` with `more - 1`, straight to the first hop, so that
+    /// the next step does not wait for the client. A head hop sends such steps too.
+    pub more: u32,
 }
 
 /// Hop → next hop: the hidden states a span produced for a step.
@@ -118,6 +127,8 @@ pub struct Forward {
     pub hop_us: Vec<u32>,
     /// As in [`Step`]: hidden states replayed into a replacement, up to step `seq`.
     pub replay: bool,
+    /// As in [`Step`], passed on to the head hop.
+    pub more: u32,
 }
 
 /// Client → hop: forget steps `seq` and later (a step that was in flight when a hop failed),
@@ -129,7 +140,8 @@ pub struct Truncate {
 }
 
 /// Client → hop: send this session's output to `next` from now on, after replaying into it
-/// everything sent downstream so far. Answered with `Ack` once the replay is on its way.
+/// everything sent downstream so far. Answered with `Ack` once the replay is on its way. Sent to
+/// the hop that holds `head`, it names a new first hop to feed tokens to, with nothing to replay.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Redirect {
     pub session: u64,
@@ -149,6 +161,9 @@ pub struct Leaving {
     pub session: u64,
 }
 
+/// The most stop tokens a session names.
+pub const MAX_STOP_IDS: usize = 64;
+
 /// The most hops whose times a step carries.
 pub const MAX_HOPS: usize = 256;
 
@@ -163,6 +178,8 @@ pub struct TokenOut {
     pub logprob: Option<f32>,
     /// How long each hop took to compute this step, in microseconds, in route order.
     pub hop_us: Vec<u32>,
+    /// Whether the head hop also sent the token to the first hop as step `seq + 1`.
+    pub fed_on: bool,
 }
 
 /// Why a request failed. The numbers are part of the protocol.
@@ -439,9 +456,16 @@ impl Message {
             Message::Hello(h) => check("name", &h.name),
             Message::OpenSession(o) => {
                 check("model_id", &o.model_id)?;
-                if let Some(n) = &o.next {
+                for n in o.next.iter().chain(&o.ring) {
                     check("next.peer_id", &n.peer_id)?;
                     check("next.addr", &n.addr)?;
+                }
+                if o.stop_ids.len() > MAX_STOP_IDS {
+                    return Err(WireError::TooMany {
+                        field: "stop_ids",
+                        len: o.stop_ids.len(),
+                        max: MAX_STOP_IDS,
+                    });
                 }
                 Ok(())
             }
@@ -549,14 +573,15 @@ mod tests {
                 seed,
             },
         );
-        let next =
+        let next = || {
             proptest::option::of(
                 (text, text, span()).prop_map(|(peer_id, addr, span)| NextHop {
                     peer_id,
                     addr,
                     span,
                 }),
-            );
+            )
+        };
         prop_oneof![
             (any::<u32>(), text, proptest::option::of(any::<[u8; 32]>())).prop_map(
                 |(version, name, proof)| Message::Hello(Hello {
@@ -569,11 +594,13 @@ mod tests {
                 any::<u64>(),
                 text,
                 span(),
-                next,
+                next(),
                 sampling,
                 dtype(),
                 any::<u32>(),
-                any::<bool>()
+                any::<bool>(),
+                next(),
+                proptest::collection::vec(any::<u32>(), 0..4)
             )
                 .prop_map(
                     |(
@@ -585,6 +612,8 @@ mod tests {
                         wire_dtype,
                         max_tokens,
                         logprobs,
+                        ring,
+                        stop_ids,
                     )| {
                         Message::OpenSession(OpenSession {
                             session,
@@ -595,6 +624,8 @@ mod tests {
                             wire_dtype,
                             max_tokens,
                             logprobs,
+                            ring,
+                            stop_ids,
                         })
                     }
                 ),
@@ -603,13 +634,15 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 proptest::collection::vec(any::<u32>(), 0..50),
-                any::<bool>()
+                any::<bool>(),
+                any::<u32>()
             )
-                .prop_map(|(session, seq, tokens, replay)| Message::Step(Step {
+                .prop_map(|(session, seq, tokens, replay, more)| Message::Step(Step {
                     session,
                     seq,
                     tokens,
-                    replay
+                    replay,
+                    more
                 })),
             (
                 any::<u64>(),
@@ -617,33 +650,37 @@ mod tests {
                 proptest::collection::vec(-10f32..10.0, 0..64),
                 dtype(),
                 proptest::collection::vec(any::<u32>(), 0..8),
-                any::<bool>()
+                any::<bool>(),
+                any::<u32>()
             )
-                .prop_map(|(session, seq, v, d, hop_us, replay)| Message::Forward(
-                    Forward {
+                .prop_map(|(session, seq, v, d, hop_us, replay, more)| {
+                    Message::Forward(Forward {
                         session,
                         seq,
                         hidden: HiddenStates::encode(&v, 1, v.len() as u32, d),
                         hop_us,
-                        replay
-                    }
-                )),
+                        replay,
+                        more,
+                    })
+                }),
             (
                 any::<u64>(),
                 any::<u64>(),
                 any::<u32>(),
                 proptest::option::of(-20f32..0.0),
-                proptest::collection::vec(any::<u32>(), 0..8)
+                proptest::collection::vec(any::<u32>(), 0..8),
+                any::<bool>()
             )
-                .prop_map(|(session, seq, token, logprob, hop_us)| Message::Token(
-                    TokenOut {
+                .prop_map(|(session, seq, token, logprob, hop_us, fed_on)| {
+                    Message::Token(TokenOut {
                         session,
                         seq,
                         token,
                         logprob,
-                        hop_us
-                    }
-                )),
+                        hop_us,
+                        fed_on,
+                    })
+                }),
             (any::<u64>(), any::<u64>(), 1u16..=11, text).prop_map(|(session, seq, c, message)| {
                 Message::Error(ErrorMsg {
                     session,

@@ -60,6 +60,10 @@ pub struct GenerateArgs {
     /// Print the route and timing to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// With --bootstrap: send every step from this client, rather than letting the last hop
+    /// feed each token it samples straight to the first (for comparisons).
+    #[arg(long)]
+    pub client_steps: bool,
     #[command(flatten)]
     pub access: super::access::AccessArgs,
 }
@@ -192,6 +196,7 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
     }
     // Repairs of the route are worth telling whoever watches.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
+    session.feed_on = !a.client_steps;
     let g = generate_remote(
         &mut session,
         &model.tok,

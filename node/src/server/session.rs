@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::wire::{ErrorCode, ErrorMsg};
+use baton_protocol::wire::{ErrorCode, ErrorMsg, NextHop};
 use baton_protocol::{HiddenStates, WireDtype};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -13,6 +13,17 @@ use crate::runtime::{Cache, Engine};
 use crate::sampling::Sampler;
 
 pub type Send = Arc<AsyncMutex<quinn::SendStream>>;
+
+/// On the hop that holds `head`: where it feeds the tokens it samples, so that the next step
+/// starts without a round trip through the client.
+pub struct Ring {
+    /// The route's first hop.
+    pub first: NextHop,
+    /// The stream to it, opened with the first token fed.
+    pub send: Option<Send>,
+    /// Tokens that end a generation, never fed on.
+    pub stop_ids: Vec<u32>,
+}
 
 pub struct Session {
     /// The runtime the session's cache belongs to (the node may move to another span).
@@ -34,6 +45,7 @@ pub struct Session {
     /// What went to the next hop, step by step.
     sent: Vec<(u64, HiddenStates)>,
     pub last_active: Instant,
+    pub ring: Option<Ring>,
 }
 
 impl Session {
@@ -61,6 +73,7 @@ impl Session {
             bounds: Vec::new(),
             sent: Vec::new(),
             last_active: Instant::now(),
+            ring: None,
         }
     }
 

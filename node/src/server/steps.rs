@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use baton_protocol::wire::{
-    Ack, ErrorCode, ErrorMsg, Forward, Message, NextHop, TokenOut, MAX_FRAME_BYTES,
+    Ack, ErrorCode, ErrorMsg, Forward, Message, NextHop, Step, TokenOut, MAX_FRAME_BYTES,
 };
 use baton_protocol::HiddenStates;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -82,7 +82,22 @@ impl Server {
         let mut s = session.lock().await;
         let fail = |code, msg: String| error(id, s.seq, code, msg);
         if s.next.is_none() {
-            return Err(fail(ErrorCode::WrongSpan, "this hop holds head".into()));
+            // The head hop's output goes to the client; what changes is the first hop it feeds
+            // tokens to, which the client rebuilt from the tokens itself.
+            let seq = s.seq;
+            let Some(ring) = s.ring.as_mut() else {
+                let msg = "this hop holds head".to_string();
+                return Err(error(id, seq, ErrorCode::WrongSpan, msg));
+            };
+            ring.first = next.clone();
+            ring.send = None;
+            let ack = Message::Ack(Ack {
+                session: id,
+                seq: s.seq,
+            });
+            drop(s);
+            Self::reply(send, ack).await;
+            return Ok(());
         }
         let stream = self
             .connect_next(id, next, s.reply.clone())
@@ -103,6 +118,7 @@ impl Server {
                 hidden,
                 hop_us: Vec::new(),
                 replay: true,
+                more: 0,
             });
             let mut out = stream.lock().await;
             tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut out, &msg))
@@ -198,6 +214,7 @@ impl Server {
                     hidden,
                     hop_us,
                     replay: false,
+                    more: m.more,
                 });
                 let mut next = next.lock().await;
                 // A next hop that takes nothing is handled as gone: the client repairs the route.
@@ -209,17 +226,62 @@ impl Server {
             _ => {
                 let token = s.sampler.sample_at(&out, seq);
                 let logprob = s.logprobs.then(|| log_prob(&out, token as usize));
+                let fed_on = match m.more.checked_sub(1) {
+                    Some(more) => self.feed_on(&mut s, id, seq + 1, token, more).await,
+                    None => false,
+                };
                 let msg = Message::Token(TokenOut {
                     session: id,
                     seq,
                     token,
                     logprob,
                     hop_us,
+                    fed_on,
                 });
                 let reply = s.reply.clone();
                 drop(s);
                 Self::reply(&reply, msg).await;
                 Ok(())
+            }
+        }
+    }
+}
+
+impl Server {
+    /// On the head hop: sends `token` to the route's first hop as step `seq`, allowing `more`
+    /// after it. False when it does not (no first hop known, a stop token, the first hop out
+    /// of reach): the client then sends the step itself.
+    async fn feed_on(&self, s: &mut Session, id: u64, seq: u64, token: u32, more: u32) -> bool {
+        let reply = s.reply.clone();
+        let Some(ring) = s.ring.as_mut() else {
+            return false;
+        };
+        if ring.stop_ids.contains(&token) {
+            return false;
+        }
+        let send = match &ring.send {
+            Some(send) => send.clone(),
+            None => match self.connect_next(id, &ring.first, reply).await {
+                Ok(send) => ring.send.insert(send).clone(),
+                Err(e) => {
+                    debug!("session {id:016x}: the first hop is out of reach: {e}");
+                    return false;
+                }
+            },
+        };
+        let msg = Message::Step(Step {
+            session: id,
+            seq,
+            tokens: vec![token],
+            replay: false,
+            more,
+        });
+        let mut out = send.lock().await;
+        match tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut out, &msg)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                ring.send = None;
+                false
             }
         }
     }
