@@ -14,7 +14,7 @@ cargo build --release --quiet --bins
 log=$(mktemp)
 ./target/release/baton serve --local --nodes "$NODES" --model "$MODEL" --backend cpu --port 0 2>"$log" &
 pid=$!
-trap 'kill $pid 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 300); do grep -q "serving" "$log" && break; sleep 0.2; done
 URL=$(sed -n 's/.* at \(http:\/\/[0-9.:]*\)\/v1.*/\1/p' "$log" | head -1)
 [ -n "$URL" ] || { cat "$log" >&2; exit 1; }

@@ -26,7 +26,7 @@ PROMPT="Once upon a time, in a small village at the edge of a great forest, ther
 [ -n "${BATON_NODE:-}" ] || cargo build --release --quiet --bins
 dir=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 start() { # name span [bootstrap]
   "${BATON_NODE:-./target/release/baton-node}" join --model "$MODEL" --threads 1 --backend cpu --span "$2" --name "$1" \
     --listen /ip4/127.0.0.1/tcp/0 ${3:+--bootstrap "$3"} >"$dir/$1.out" 2>/dev/null &
