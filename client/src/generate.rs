@@ -238,8 +238,8 @@ const RUN_AHEAD: usize = 32;
 
 /// Generates along a swarm session, as [`generate`] does in one process: the hop holding
 /// `head` samples with the session's settings, and feeds each token it samples straight to
-/// the first hop as the next step while the generation wants more. `prompt` is what to add to what the session
-/// already holds (all of the prompt for a new session).
+/// the first hop as the next step while the generation wants more. `prompt` is what to add to
+/// what the session already holds (all of the prompt for a new session).
 pub async fn generate_remote(
     session: &mut RemoteSession,
     tok: &Tokenizer,
