@@ -322,10 +322,14 @@ impl RemoteSession {
     }
 
     /// Runs a step, sent by this client or (`send` false) started by the head hop.
-    async fn run(&mut self, tokens: Vec<u32>, more: u32, send: bool) -> Result<TokenOut, NetError> {
+    async fn run(
+        &mut self,
+        tokens: Vec<u32>,
+        more: u32,
+        mut send: bool,
+    ) -> Result<TokenOut, NetError> {
         let started = Instant::now();
         let mut repaired: Vec<(usize, Hop)> = Vec::new();
-        let mut send = send;
         for attempt in 0.. {
             let failure = match self.try_step(&tokens, more, send).await {
                 Ok(t) => {
