@@ -34,7 +34,7 @@ fn tensor(name: String, cols: usize, rows: usize, dtype: DType, seed: u64) -> Te
             vec![cols as u64, rows as u64]
         },
         kind: ggml_kind(dtype),
-        data: quantize_row(dtype, &values),
+        data: quantize_row(dtype, &values).expect("a format quantize_row writes"),
     }
 }
 

@@ -15,13 +15,22 @@ pub enum LoadError {
     GgufVersion { path: PathBuf, version: u32 },
     #[error("{path}: truncated or corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
-    #[error("{path}: architecture `{arch}` is not supported (supported: llama, mistral)")]
+    #[error(
+        "{path}: architecture `{arch}` is not supported (supported: {})",
+        crate::arch::SUPPORTED
+    )]
     Architecture { path: PathBuf, arch: String },
-    #[error("{path}: tensor `{tensor}` has type {kind}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_1)")]
+    #[error("{path}: tensor `{tensor}` has type {kind}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)")]
     QuantType {
         path: PathBuf,
         tensor: String,
         kind: String,
+    },
+    #[error("{path}: tensor `{tensor}` is not one a {arch} model reads; Baton refuses to skip it")]
+    UnusedTensor {
+        path: PathBuf,
+        tensor: String,
+        arch: &'static str,
     },
     #[error("{path}: missing metadata `{key}`")]
     MissingKey { path: PathBuf, key: String },

@@ -89,37 +89,35 @@ pub struct GgufFile {
     pub map: Arc<Blob>,
 }
 
+/// GGML's names for the formats Baton does not run, for errors.
 const GGML_NAMES: &[(u32, &str)] = &[
-    (2, "Q4_0"),
-    (6, "Q5_0"),
-    (7, "Q5_1"),
     (9, "Q8_1"),
-    (10, "Q2_K"),
-    (11, "Q3_K"),
-    (12, "Q4_K"),
-    (13, "Q5_K"),
-    (14, "Q6_K"),
     (15, "Q8_K"),
-];
-
-/// GGML's numbers for the formats we run.
-const GGML_KINDS: [(u32, DType); 5] = [
-    (0, DType::F32),
-    (1, DType::F16),
-    (3, DType::Q4_1),
-    (8, DType::Q8_0),
-    (30, DType::Bf16),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
 ];
 
 fn dtype_of(kind: u32) -> Result<DType, String> {
-    if let Some((_, d)) = GGML_KINDS.iter().find(|(k, _)| *k == kind) {
-        return Ok(*d);
-    }
-    Err(GGML_NAMES
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, n)| n.to_string())
-        .unwrap_or_else(|| format!("ggml type {kind}")))
+    DType::from_ggml_type(kind).ok_or_else(|| {
+        GGML_NAMES
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_else(|| format!("ggml type {kind}"))
+    })
 }
 
 /// A bounds-checked reader over the header bytes.
@@ -337,6 +335,17 @@ impl GgufFile {
         })
     }
 
+    /// The values of a one-row tensor (a small table such as `rope_freqs.weight`) as f32, or
+    /// `None` when the file has no such tensor.
+    pub fn vector_f32(&self, name: &str) -> Option<Vec<f32>> {
+        let t = self.tensors.get(name)?;
+        let n: usize = t.dims.iter().product();
+        let bytes = &self.map[t.offset..t.offset + t.len];
+        let mut out = vec![0f32; n];
+        baton_shaders::cpu::dequantize_row(t.dtype, bytes, &mut out);
+        Some(out)
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
@@ -364,15 +373,12 @@ impl GgufFile {
 
 /// Writes a GGUF v3 file: the tests make small models and broken files with it.
 pub mod write {
-    use super::{Value, GGML_KINDS};
+    use super::Value;
     use baton_shaders::DType;
 
     /// GGML's number for a format.
     pub fn ggml_kind(d: DType) -> u32 {
-        GGML_KINDS
-            .iter()
-            .find(|(_, k)| *k == d)
-            .map_or(0, |(n, _)| *n)
+        d.ggml_type()
     }
 
     pub struct Tensor {

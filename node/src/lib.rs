@@ -1,32 +1,34 @@
 //! baton-node: the model runtime and the node.
 //!
 //! - [`model`]: a GGUF file or Hugging Face folder, memory-mapped ([`gguf`] parses the former).
-//! - [`llama`]: the architecture, one span of stages at a time, over a [`backend::Backend`].
+//! - [`arch`]: the architectures, one file each, and their configs ([`ModelConfig`]).
+//! - [`span`]: one span of stages of any of them, over a [`backend::Backend`].
 //! - [`runtime`]: a span on the backend the user chose, with per-session KV caches.
 //! - [`tokenizer`]: text to ids and the chat template.
 
+pub mod arch;
 pub mod backend;
 pub mod blob;
-pub mod config;
 pub mod dht;
 pub mod error;
 pub mod fuzzing;
 pub mod gguf;
 pub mod join;
-pub mod llama;
+pub mod layers;
 pub mod model;
 pub mod net;
 pub mod runtime;
 pub mod sampling;
 pub mod server;
+pub mod span;
 pub mod system;
 pub mod tokenizer;
 
-pub use config::LlamaConfig;
+pub use arch::ModelConfig;
 pub use error::{Error, LoadError, RunError};
-pub use llama::{Logits, SpanInput};
 pub use model::ModelFile;
 pub use runtime::{BackendChoice, Cache, Engine, EngineOptions, KvDtype};
+pub use span::{Logits, SpanInput};
 
 /// Sizes the CPU backend's thread pool. Call it once, before the first model runs.
 pub fn set_threads(n: usize) -> Result<(), RunError> {

@@ -10,7 +10,7 @@ use memmap2::Mmap;
 
 use crate::blob::Blob;
 
-use crate::config::LlamaConfig;
+use crate::arch::ModelConfig;
 use crate::error::LoadError;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
@@ -77,7 +77,7 @@ pub enum Format {
 pub struct ModelFile {
     pub path: PathBuf,
     pub format: Format,
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     tensors: HashMap<String, TensorRef>,
     gguf: Option<GgufFile>,
 }
@@ -103,7 +103,8 @@ impl ModelFile {
 
     fn from_gguf(g: GgufFile) -> Result<Self, LoadError> {
         let path = g.path.clone();
-        let config = LlamaConfig::from_gguf(&g)?;
+        let config = ModelConfig::from_gguf(&g)?;
+        check_all_used(&config, &path, g.tensors.keys())?;
         let tensors = g
             .tensors
             .values()
@@ -133,16 +134,26 @@ impl ModelFile {
             std::fs::read_to_string(&p).map_err(|source| LoadError::Io { path: p, source })
         };
         let config_path = dir.join("config.json");
-        let config = LlamaConfig::from_hf_json(&config_path, &read(config_path.clone())?)?;
+        let config = ModelConfig::from_hf_json(&config_path, &read(config_path.clone())?)?;
         let shards = hf_shards(dir)?;
         let mut tensors = HashMap::new();
         for shard in shards {
             for t in read_safetensors(&shard)? {
-                if let Some(name) = gguf_name(&t.name) {
-                    tensors.insert(name.clone(), TensorRef { name, ..t });
+                // Buffers some checkpoints save that are derived from the config.
+                if t.name.ends_with("rotary_emb.inv_freq") {
+                    continue;
                 }
+                let name = config
+                    .hf_to_gguf(&t.name)
+                    .ok_or_else(|| LoadError::UnusedTensor {
+                        path: shard.clone(),
+                        tensor: t.name.clone(),
+                        arch: config.arch.name(),
+                    })?;
+                tensors.insert(name.clone(), TensorRef { name, ..t });
             }
         }
+        check_all_used(&config, dir, tensors.keys())?;
         Ok(ModelFile {
             path: dir.to_path_buf(),
             format: Format::HuggingFace,
@@ -150,6 +161,10 @@ impl ModelFile {
             tensors,
             gguf: None,
         })
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
     }
 
     pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
@@ -345,31 +360,21 @@ pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>
     Ok(out)
 }
 
-/// Hugging Face's Llama tensor names in GGUF's vocabulary.
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+/// Refuses a model with a tensor its architecture does not read: skipping it would compute
+/// something other than the model.
+fn check_all_used<'a>(
+    config: &ModelConfig,
+    path: &Path,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<(), LoadError> {
+    for name in names {
+        if !config.uses_tensor(name) {
+            return Err(LoadError::UnusedTensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                arch: config.arch.name(),
+            });
+        }
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (idx, part) = rest.split_once('.')?;
-    let idx: usize = idx.parse().ok()?;
-    let part = match part {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate_proj.weight" => "ffn_gate",
-        "mlp.up_proj.weight" => "ffn_up",
-        "mlp.down_proj.weight" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{idx}.{part}.weight"))
+    Ok(())
 }

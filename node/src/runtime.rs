@@ -5,8 +5,8 @@ use baton_protocol::Span;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
 use crate::error::{Error, RunError};
-use crate::llama::{LlamaSpan, Logits, SpanCache, SpanInput};
 use crate::model::ModelFile;
+use crate::span::{DecoderSpan, Logits, SpanCache, SpanInput};
 use baton_shaders::gpu::{Gpu, GpuOptions, KvFormat};
 
 /// `--backend`: `auto` takes a real GPU when there is one, the CPU otherwise.
@@ -50,8 +50,8 @@ impl From<BackendChoice> for EngineOptions {
 pub const PREFILL_CHUNK: usize = 256;
 
 pub enum Engine {
-    Cpu(LlamaSpan<CpuBackend>),
-    Gpu(LlamaSpan<GpuBackend>),
+    Cpu(DecoderSpan<CpuBackend>),
+    Gpu(DecoderSpan<GpuBackend>),
 }
 
 pub enum Cache {
@@ -90,14 +90,14 @@ impl Engine {
             ),
         };
         Ok(match gpu {
-            None => Engine::Cpu(LlamaSpan::load(model, span, CpuBackend, progress)?),
+            None => Engine::Cpu(DecoderSpan::load(model, span, CpuBackend, progress)?),
             Some(gpu) => {
                 let kv_format = match options.kv_dtype {
                     KvDtype::F16 => KvFormat::F16,
                     KvDtype::F32 => KvFormat::F32,
                 };
                 let backend = GpuBackend { gpu, kv_format };
-                Engine::Gpu(LlamaSpan::load(model, span, backend, progress)?)
+                Engine::Gpu(DecoderSpan::load(model, span, backend, progress)?)
             }
         })
     }
@@ -220,16 +220,14 @@ impl Engine {
     /// Bytes of KV cache one token of a session takes on this span: keys and values of every
     /// block, in f32 on the CPU and in the cache's format on a GPU.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let (per_value, (blocks, width)) = match self {
-            Engine::Cpu(s) => (4, (s.span.len(), s.config.kv_width())),
-            Engine::Gpu(s) => {
-                let bytes = match s.backend.kv_format {
-                    baton_shaders::gpu::KvFormat::F32 => 4,
-                    baton_shaders::gpu::KvFormat::F16 => 2,
-                };
-                (bytes, (s.span.len(), s.config.kv_width()))
-            }
+        let per_value = match self {
+            Engine::Cpu(_) => 4,
+            Engine::Gpu(s) => match s.backend.kv_format {
+                baton_shaders::gpu::KvFormat::F32 => 4,
+                baton_shaders::gpu::KvFormat::F16 => 2,
+            },
         };
+        let (blocks, width) = each!(self, s => (s.span.len(), s.config.kv_width()));
         2 * blocks as usize * width * per_value
     }
 }

@@ -8,7 +8,7 @@ fn check(options: EngineOptions, tol: f32) {
     let dir = fixtures_dir().join("hf-tiny/llama");
     let model = ModelFile::open(&dir).unwrap();
     assert!(!model.config.tied_embeddings);
-    assert_eq!(model.config.rope_theta, 500_000.0);
+    assert_eq!(model.config.rope.theta, 500_000.0);
     let reference = dir.join("reference.safetensors");
     let ids: Vec<u32> = tensor_f32(&reference, "ids")
         .unwrap()

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use baton_node::gguf::write::gguf_bytes;
+use baton_node::gguf::Value;
 use baton_node::{BackendChoice, Engine, Error, LoadError, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
 use baton_shaders::DType;
@@ -125,11 +126,44 @@ fn broken_files_get_clear_errors() {
     expect_load_error(&p, |e| matches!(e, LoadError::Architecture { .. }));
 
     let mut t = tiny_tensors(DType::Q4_1);
-    t[2].kind = 12; // Q4_K
+    t[2].kind = 16; // IQ2_XXS
     let p = write(&dir, "quant.gguf", &gguf_bytes(&tiny_meta("llama"), &t));
     expect_load_error(
         &p,
-        |e| matches!(e, LoadError::QuantType { kind, .. } if kind == "Q4_K"),
+        |e| matches!(e, LoadError::QuantType { kind, .. } if kind == "IQ2_XXS"),
+    );
+
+    // A tensor the architecture does not read is refused, never skipped.
+    let mut t = tiny_tensors(DType::Q4_1);
+    t.push(tensor("blk.0.attn_q.bias", H, 1, DType::F32));
+    let p = write(&dir, "unused.gguf", &gguf_bytes(&tiny_meta("llama"), &t));
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::UnusedTensor { tensor, .. } if tensor == "blk.0.attn_q.bias"),
+    );
+
+    // So is a metadata key that would change the numerics.
+    let mut meta = tiny_meta("llama");
+    meta.push(("llama.attn_logit_softcapping", Value::F32(50.0)));
+    let p = write(
+        &dir,
+        "softcap.gguf",
+        &gguf_bytes(&meta, &tiny_tensors(DType::Q4_1)),
+    );
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::Config { what, .. } if what.contains("llama.attn_logit_softcapping")),
+    );
+    let mut meta = tiny_meta("llama");
+    meta.push(("llama.rope.scaling.type", Value::String("longrope".into())));
+    let p = write(
+        &dir,
+        "rope.gguf",
+        &gguf_bytes(&meta, &tiny_tensors(DType::Q4_1)),
+    );
+    expect_load_error(
+        &p,
+        |e| matches!(e, LoadError::Config { what, .. } if what.contains("longrope")),
     );
 
     let mut t = tiny_tensors(DType::Q4_1);

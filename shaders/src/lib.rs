@@ -12,4 +12,4 @@ pub mod cpu;
 pub mod gpu;
 mod quant;
 
-pub use quant::{DType, QTensor, QuantError};
+pub use quant::{dequantize_block, random_rows, DType, QTensor, QuantError, ALL_DTYPES};

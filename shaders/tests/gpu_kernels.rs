@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use baton_shaders::cpu;
 use baton_shaders::gpu::{Gpu, GpuOptions, KvFormat};
-use baton_shaders::{DType, QTensor};
+use baton_shaders::{random_rows, DType, QTensor, ALL_DTYPES};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -29,20 +29,22 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
-const DTYPES: [DType; 5] = [
-    DType::F32,
-    DType::F16,
-    DType::Bf16,
-    DType::Q8_0,
-    DType::Q4_1,
-];
+const DTYPES: [DType; 15] = ALL_DTYPES;
 
+/// Rows quantized from random values where Baton writes the format, random blocks otherwise.
 fn quantized(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     let values = random(rng, rows * cols, 1.0);
-    values
-        .chunks(cols)
-        .flat_map(|r| cpu::quantize_row(dtype, r))
-        .collect()
+    if let Some(q) = cpu::quantize_row(dtype, &values) {
+        return q;
+    }
+    let mut r2 = StdRng::seed_from_u64(rng.random());
+    random_rows(
+        dtype,
+        rows,
+        cols,
+        || rng.random(),
+        || r2.random_range(-0.002..0.002),
+    )
 }
 
 #[test]
@@ -51,7 +53,7 @@ fn matmul_matches_cpu() {
     // A small binding limit forces weights into several parts.
     for g in [gpu(None), gpu(Some(4096))] {
         for dtype in DTYPES {
-            for (rows, cols, tokens) in [(1, 32, 1), (67, 64, 1), (33, 96, 5), (130, 160, 7)] {
+            for (rows, cols, tokens) in [(1, 256, 1), (67, 512, 1), (33, 256, 5), (30, 768, 7)] {
                 let bytes = quantized(&mut rng, dtype, rows, cols);
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
                 let x = random(&mut rng, tokens * cols, 1.0);
@@ -91,9 +93,9 @@ fn matmul_with_odd_columns_in_float_formats() {
 #[test]
 fn embed_matches_cpu() {
     let mut rng = StdRng::seed_from_u64(13);
-    for g in [gpu(None), gpu(Some(2048))] {
+    for g in [gpu(None), gpu(Some(8192))] {
         for dtype in DTYPES {
-            let (rows, cols) = (50, 96);
+            let (rows, cols) = (50, 256);
             let bytes = quantized(&mut rng, dtype, rows, cols);
             let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
             let ids = [0u32, 49, 7, 7, 23];
@@ -109,8 +111,16 @@ fn embed_matches_cpu() {
     }
 }
 
+/// Another input of the same length, spread wider than `x` so that GELU's tails are reached.
+fn y_of(x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| v * 3.0 - (i % 7) as f32)
+        .collect()
+}
+
 #[test]
-fn rmsnorm_rope_silu_add_match_cpu() {
+fn elementwise_kernels_match_cpu() {
     let mut rng = StdRng::seed_from_u64(14);
     let g = gpu(None);
     for (tokens, width, head_dim) in [(1, 64, 16), (3, 576, 64), (5, 200, 8)] {
@@ -123,14 +133,42 @@ fn rmsnorm_rope_silu_add_match_cpu() {
             .unwrap();
         assert_close(&got, &want, 1e-5, "rmsnorm");
 
-        for interleaved in [false, true] {
+        for (interleaved, factor) in [(false, 1.0), (true, 1.0), (false, 1.2)] {
             let mut want = x.clone();
             let heads = width / head_dim;
-            cpu::rope(&mut want, 17, heads, head_dim, 100000.0, interleaved);
+            let inv = cpu::rope_inv_freq(100000.0, head_dim);
+            cpu::rope(&mut want, 17, heads, head_dim, &inv, factor, interleaved);
             let t = g.upload(&x);
-            g.rope(&t, heads, head_dim, 17, 100000.0, interleaved);
+            g.rope(
+                &t,
+                heads,
+                head_dim,
+                17,
+                &g.upload(&inv),
+                factor,
+                interleaved,
+            );
             assert_close(&g.download(&t).unwrap(), &want, 1e-4, "rope");
         }
+
+        let mut want = x.clone();
+        cpu::gelu_mul(&mut want, &y_of(&x));
+        let t = g.upload(&x);
+        g.gelu_mul(&t, &g.upload(&y_of(&x)));
+        assert_close(&g.download(&t).unwrap(), &want, 1e-5, "gelu_mul");
+
+        let b = random(&mut rng, head_dim, 1.0);
+        let mut want = x.clone();
+        cpu::add_rows(&mut want, &b);
+        let t = g.upload(&x);
+        g.add_rows(&t, &g.upload(&b));
+        assert_close(&g.download(&t).unwrap(), &want, 1e-6, "add_rows");
+
+        let mut want = x.clone();
+        cpu::scale(&mut want, 25.3);
+        let t = g.upload(&x);
+        g.scale(&t, 25.3);
+        assert_close(&g.download(&t).unwrap(), &want, 1e-6, "scale");
 
         let y = random(&mut rng, x.len(), 2.0);
         let mut want = x.clone();
@@ -151,14 +189,20 @@ fn rmsnorm_rope_silu_add_match_cpu() {
 fn attention_matches_cpu() {
     let mut rng = StdRng::seed_from_u64(15);
     let g = gpu(None);
-    // (heads, kv_heads, head_dim, pos0, tokens): decode, prefill, long contexts past one tile.
-    for (heads, kv, hd, pos0, tokens) in [
-        (9, 3, 64, 0, 1),
-        (4, 2, 16, 0, 7),
-        (9, 3, 64, 70, 1),
-        (2, 1, 128, 130, 3),
-        (3, 3, 8, 5, 66),
+    // (heads, kv_heads, head_dim, pos0, tokens, window): decode, prefill, long contexts past
+    // one tile, sliding windows shorter than the context.
+    for (heads, kv, hd, pos0, tokens, window) in [
+        (9, 3, 64, 0, 1, 0),
+        (4, 2, 16, 0, 7, 0),
+        (9, 3, 64, 70, 1, 0),
+        (2, 1, 128, 130, 3, 0),
+        (3, 3, 8, 5, 66, 0),
+        (4, 1, 256, 150, 2, 100),
+        (3, 3, 8, 5, 66, 9),
     ] {
+        let mut shape = cpu::AttnShape::new(heads, kv, hd);
+        shape.window = window;
+        shape.scale = 0.5 / (hd as f32).sqrt();
         let len = pos0 + tokens;
         let q = random(&mut rng, tokens * heads * hd, 1.0);
         let k = random(&mut rng, len * kv * hd, 1.0);
@@ -172,7 +216,7 @@ fn attention_matches_cpu() {
                 }
             };
             let mut want = vec![0f32; q.len()];
-            cpu::attention(&q, &round(&k), &round(&v), pos0, heads, kv, hd, &mut want);
+            cpu::attention(&q, &round(&k), &round(&v), pos0, &shape, &mut want);
             // Fill the caches in two appends, as a prefill followed by a step would.
             let words = format.words(len * kv * hd);
             let (kc, vc) = (g.zeros(words), g.zeros(words));
@@ -182,13 +226,13 @@ fn attention_matches_cpu() {
                 g.kv_store(&g.upload(&src[split..]), &cache.buf, split, format);
             }
             let out = g
-                .attention(&g.upload(&q), &kc.buf, &vc.buf, pos0, heads, kv, hd, format)
+                .attention(&g.upload(&q), &kc.buf, &vc.buf, pos0, &shape, format)
                 .unwrap();
             assert_close(
                 &g.download(&out).unwrap(),
                 &want,
                 1e-4,
-                &format!("attention {format:?} h{heads} kv{kv} d{hd} p{pos0} t{tokens}"),
+                &format!("attention {format:?} h{heads} kv{kv} d{hd} p{pos0} t{tokens} w{window}"),
             );
         }
     }

@@ -3,7 +3,7 @@
 // One workgroup per (head, token); its threads score 64 positions at a time, then each thread
 // accumulates its share of the head's dimensions.
 // a: heads, b: kv_heads, c: head_dim (≤ 256), d: pos0, e: kv width (kv_heads · head_dim),
-// f: scale (f32 bits).
+// f: scale (f32 bits), g: sliding window (a query at position q sees q - g + 1 ..= q; 0: all).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -38,12 +38,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
     for (var i = li.x; i < hd; i += 64u) { qs[i] = q[qbase + i]; }
     workgroupBarrier();
     let len = p.d + t + 1u;
+    var first = 0u;
+    if (p.g != 0u && len > p.g) { first = len - p.g; }
     let scale = bitcast<f32>(p.f);
     var m = -3.0e38;
     var s = 0.0;
     var acc: array<f32, 4>;
     for (var j = 0u; j < 4u; j++) { acc[j] = 0.0; }
-    for (var p0 = 0u; p0 < len; p0 += 64u) {
+    for (var p0 = first; p0 < len; p0 += 64u) {
         let pos = p0 + li.x;
         var sc = -3.0e38;
         if (pos < len) {

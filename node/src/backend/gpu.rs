@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use baton_shaders::cpu::AttnShape;
 use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor, KvFormat};
 
 use super::Backend;
@@ -39,11 +40,11 @@ impl GpuBackend {
             return;
         }
         let capacity = need.next_power_of_two().max(256).min(kv.max.max(need));
-        // Two f16 values per 32-bit word.
+        // 32-bit words: two f16 values or one f32 each.
+        let words = |n: usize| self.kv_format.words(n * kv.width);
         for t in [&mut kv.k, &mut kv.v] {
-            let bigger = self.gpu.zeros(capacity * kv.width / 2);
-            self.gpu
-                .copy(&t.buf, 0, &bigger.buf, 0, used * kv.width / 2);
+            let bigger = self.gpu.zeros(words(capacity));
+            self.gpu.copy(&t.buf, 0, &bigger.buf, 0, words(used));
             *t = bigger;
         }
         kv.capacity = capacity;
@@ -120,12 +121,19 @@ impl Backend for GpuBackend {
         x: &mut GpuAct,
         pos0: usize,
         head_dim: usize,
-        theta: f32,
+        inv: &GpuTensor,
+        factor: f32,
         interleaved: bool,
     ) -> Result<(), RunError> {
+        if head_dim == 0 || x.width % head_dim != 0 || inv.len * 2 != head_dim {
+            return Err(RunError::Backend(format!(
+                "RoPE of {} frequencies over heads of {head_dim} in rows of {}",
+                inv.len, x.width
+            )));
+        }
         let heads = x.width / head_dim;
         self.gpu
-            .rope(&x.t, heads, head_dim, pos0, theta, interleaved);
+            .rope(&x.t, heads, head_dim, pos0, inv, factor, interleaved);
         Ok(())
     }
 
@@ -136,19 +144,32 @@ impl Backend for GpuBackend {
         v: &GpuAct,
         kv: &mut GpuKv,
         pos0: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        shape: &AttnShape,
     ) -> Result<GpuAct, RunError> {
         let tokens = self.tokens(k);
         self.grow(kv, pos0 + tokens, pos0);
         let f = self.kv_format;
         self.gpu.kv_store(&k.t, &kv.k.buf, pos0 * kv.width, f);
         self.gpu.kv_store(&v.t, &kv.v.buf, pos0 * kv.width, f);
-        let out = self.gpu.attention(
-            &q.t, &kv.k.buf, &kv.v.buf, pos0, heads, kv_heads, head_dim, f,
-        )?;
+        let out = self
+            .gpu
+            .attention(&q.t, &kv.k.buf, &kv.v.buf, pos0, shape, f)?;
         Ok(self.act(out, q.width))
+    }
+
+    fn gelu_mul(&self, gate: &mut GpuAct, up: &GpuAct) -> Result<(), RunError> {
+        self.gpu.gelu_mul(&gate.t, &up.t);
+        Ok(())
+    }
+
+    fn add_rows(&self, x: &mut GpuAct, b: &GpuTensor) -> Result<(), RunError> {
+        self.gpu.add_rows(&x.t, b);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut GpuAct, s: f32) -> Result<(), RunError> {
+        self.gpu.scale(&x.t, s);
+        Ok(())
     }
 
     fn silu_mul(&self, gate: &mut GpuAct, up: &GpuAct) -> Result<(), RunError> {

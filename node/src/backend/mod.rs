@@ -1,10 +1,13 @@
-//! The operations a Llama span needs, over activations that live wherever the backend keeps
-//! them. `llama.rs` writes the forward pass once against this trait; each backend implements it.
+//! The operations a decoder span needs, over activations that live wherever the backend keeps
+//! them. `layers.rs`, `span.rs` and the architectures in `arch/` are written once against this
+//! trait; each backend implements it.
 //!
 //! Activations are `[tokens, width]` row-major f32.
 
 pub mod cpu;
 pub mod gpu;
+
+use baton_shaders::cpu::AttnShape;
 
 use crate::error::RunError;
 use crate::model::TensorRef;
@@ -32,20 +35,23 @@ pub trait Backend: Send + Sync {
 
     /// Rows of `table` for `ids`, dequantized.
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Act, RunError>;
+    /// `[tokens, width]` rows scaled to unit RMS and multiplied by `w`. A `w` shorter than a
+    /// row normalises each `w.len()` slice on its own (a norm per head).
     fn rmsnorm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act, RunError>;
     /// `x · wᵀ` for each weight: products of one input are issued together.
     fn linear(&self, ws: &[&Self::Weight], x: &Self::Act) -> Result<Vec<Self::Act>, RunError>;
-    /// RoPE in place at positions `pos0..`.
+    /// RoPE in place at positions `pos0..`, with the inverse frequencies `inv` and the result
+    /// scaled by `factor`.
     fn rope(
         &self,
         x: &mut Self::Act,
         pos0: usize,
         head_dim: usize,
-        theta: f32,
+        inv: &Self::Vector,
+        factor: f32,
         interleaved: bool,
     ) -> Result<(), RunError>;
     /// Appends `k`, `v` to the cache at `pos0` and attends causally over it.
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Act,
@@ -53,10 +59,14 @@ pub trait Backend: Send + Sync {
         v: &Self::Act,
         kv: &mut Self::Kv,
         pos0: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        shape: &AttnShape,
     ) -> Result<Self::Act, RunError>;
+    /// `gate = gelu(gate) · up`, GELU's tanh approximation.
+    fn gelu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<(), RunError>;
+    /// `x[t] += b` for every row.
+    fn add_rows(&self, x: &mut Self::Act, b: &Self::Vector) -> Result<(), RunError>;
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Act, s: f32) -> Result<(), RunError>;
     fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<(), RunError>;
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), RunError>;
     /// The last `rows` rows.

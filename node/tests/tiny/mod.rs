@@ -27,7 +27,7 @@ pub fn tensor(name: &str, cols: usize, rows: usize, dtype: DType) -> Tensor {
             vec![cols as u64, rows as u64]
         },
         kind: ggml_kind(dtype),
-        data: quantize_row(dtype, &v),
+        data: quantize_row(dtype, &v).expect("a format quantize_row writes"),
     }
 }
 

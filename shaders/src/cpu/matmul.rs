@@ -136,26 +136,17 @@ fn gemm_tile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{quantize_row, DType};
+    use crate::cpu::dot::tests::test_row;
+    use crate::quant::{QTensor, ALL_DTYPES};
     use rand::{Rng, SeedableRng};
 
     #[test]
     fn both_paths_match_the_dequantized_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::Bf16,
-            DType::Q8_0,
-            DType::Q4_1,
-        ] {
-            for (rows, cols, tokens) in [(1, 32, 1), (67, 64, 3), (130, 96, 5), (64, 576, 17)] {
-                let wf: Vec<f32> = (0..rows * cols)
-                    .map(|_| rng.random_range(-1.0..1.0))
-                    .collect();
-                let bytes: Vec<u8> = wf
-                    .chunks(cols)
-                    .flat_map(|r| quantize_row(dtype, r))
+        for dtype in ALL_DTYPES {
+            for (rows, cols, tokens) in [(1, 256, 1), (67, 512, 3), (130, 256, 5), (64, 768, 17)] {
+                let bytes: Vec<u8> = (0..rows)
+                    .flat_map(|_| test_row(&mut rng, dtype, cols))
                     .collect();
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
                 let x: Vec<f32> = (0..tokens * cols)
@@ -167,10 +158,12 @@ mod tests {
                 for r in 0..rows {
                     dequantize_row(dtype, w.row(r), &mut deq);
                     for t in 0..tokens {
-                        let want: f32 = deq.iter().zip(&x[t * cols..]).map(|(a, b)| a * b).sum();
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let want: f32 = deq.iter().zip(xt).map(|(a, b)| a * b).sum();
+                        let mag: f32 = deq.iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
                         let got = y[t * rows + r];
                         assert!(
-                            (got - want).abs() < 1e-3,
+                            (got - want).abs() < 1e-5 * mag + 1e-4,
                             "{dtype:?} {rows}x{cols} t={t}: {got} vs {want}"
                         );
                     }

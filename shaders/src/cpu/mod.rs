@@ -2,13 +2,15 @@
 //!
 //! Threads come from one process-wide pool ([`pool`]); `--threads N` sizes it.
 
+mod attention;
 mod dot;
 mod matmul;
 mod ops;
 mod pool;
 
 pub use crate::quant::{dequantize_row, quantize_row};
+pub use attention::{attention, AttnShape};
 pub use dot::{block_sums, Dot};
 pub use matmul::{matmul, matmul_many};
-pub use ops::{add, attention, rmsnorm, rope, silu_mul};
+pub use ops::{add, add_rows, gelu_mul, gelu_tanh, rmsnorm, rope, rope_inv_freq, scale, silu_mul};
 pub use pool::{pool, set_threads};

@@ -2,6 +2,7 @@
 //! [`Gpu::flush`].
 
 use super::{grid_1d, Gpu, GpuError, GpuMatrix, GpuTensor, KvFormat, MAX_GROUPS};
+use crate::cpu::AttnShape;
 use crate::quant::DType;
 
 pub(super) const COMMON: &str = include_str!("../../wgsl/common.wgsl");
@@ -18,6 +19,9 @@ pub(super) fn source(name: &str) -> (&'static str, &'static str) {
         "kv_store" => (include_str!("../../wgsl/kv.wgsl"), "main"),
         "silu_mul" => (include_str!("../../wgsl/elementwise.wgsl"), "silu_mul"),
         "add" => (include_str!("../../wgsl/elementwise.wgsl"), "add"),
+        "gelu_mul" => (include_str!("../../wgsl/elementwise.wgsl"), "gelu_mul"),
+        "add_rows" => (include_str!("../../wgsl/elementwise.wgsl"), "add_rows"),
+        "scale" => (include_str!("../../wgsl/elementwise.wgsl"), "scale"),
         other => unreachable!("no kernel named {other}"),
     }
 }
@@ -26,14 +30,9 @@ pub(super) fn reads_weights(name: &str) -> bool {
     matches!(name, "matmul" | "embed")
 }
 
+/// The kernels' DTYPE constant: GGML's number for the format.
 fn dtype_code(d: DType) -> u32 {
-    match d {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        DType::Bf16 => 2,
-        DType::Q8_0 => 3,
-        DType::Q4_1 => 4,
-    }
+    d.ggml_type()
 }
 
 impl Gpu {
@@ -122,14 +121,16 @@ impl Gpu {
         out
     }
 
-    /// RoPE in place on `[tokens, heads · head_dim]` at positions `pos0..`.
+    /// RoPE in place on `[tokens, heads · head_dim]` at positions `pos0..`, with the inverse
+    /// frequencies `inv` (`head_dim / 2` values) and the result scaled by `factor`.
     pub fn rope(
         &self,
         x: &GpuTensor,
         heads: usize,
         head_dim: usize,
         pos0: usize,
-        theta: f32,
+        inv: &GpuTensor,
+        factor: f32,
         interleaved: bool,
     ) {
         let pairs = x.len / 2;
@@ -138,12 +139,12 @@ impl Gpu {
             heads as u32,
             head_dim as u32,
             pos0 as u32,
-            theta.to_bits(),
+            factor.to_bits(),
             interleaved as u32,
             0,
             0,
         ];
-        self.dispatch("rope", 0, params, &[&x.buf], grid_1d(pairs));
+        self.dispatch("rope", 0, params, &[&x.buf, &inv.buf], grid_1d(pairs));
     }
 
     /// Stores `src` (f32, an even count) into a KV cache of 32-bit words in `format`, starting
@@ -162,33 +163,29 @@ impl Gpu {
 
     /// Attention of `q [tokens, heads · head_dim]` at positions `pos0..` over caches in `format`
     /// ([`Gpu::kv_store`]) that hold positions `0..pos0 + tokens`, each row
-    /// `kv_heads · head_dim` wide.
-    #[allow(clippy::too_many_arguments)]
+    /// `kv_heads · head_dim` wide, with the shape's scale and window.
     pub fn attention(
         &self,
         q: &GpuTensor,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
         pos0: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        a: &AttnShape,
         format: KvFormat,
     ) -> Result<GpuTensor, GpuError> {
-        if head_dim > 256 || !head_dim.is_multiple_of(2) {
-            return Err(GpuError::HeadDim(head_dim));
+        if a.head_dim > 256 || !a.head_dim.is_multiple_of(2) {
+            return Err(GpuError::HeadDim(a.head_dim));
         }
-        let tokens = q.len / (heads * head_dim);
+        let tokens = q.len / (a.heads * a.head_dim);
         let out = self.zeros(q.len);
-        let scale = 1.0 / (head_dim as f32).sqrt();
         let params = [
-            heads as u32,
-            kv_heads as u32,
-            head_dim as u32,
+            a.heads as u32,
+            a.kv_heads as u32,
+            a.head_dim as u32,
             pos0 as u32,
-            (kv_heads * head_dim) as u32,
-            scale.to_bits(),
-            0,
+            (a.kv_heads * a.head_dim) as u32,
+            a.scale.to_bits(),
+            a.window.min(u32::MAX as usize) as u32,
             0,
         ];
         self.dispatch(
@@ -196,7 +193,7 @@ impl Gpu {
             format as u32,
             params,
             &[&q.buf, k_cache, v_cache, &out.buf],
-            (heads as u32, tokens as u32),
+            (a.heads as u32, tokens as u32),
         );
         Ok(out)
     }
@@ -211,6 +208,30 @@ impl Gpu {
             &[&gate.buf, &up.buf],
             grid_1d(gate.len),
         );
+    }
+
+    /// `gate = gelu(gate) · up`, GELU's tanh approximation.
+    pub fn gelu_mul(&self, gate: &GpuTensor, up: &GpuTensor) {
+        let params = [gate.len as u32, 0, 0, 0, 0, 0, 0, 0];
+        self.dispatch(
+            "gelu_mul",
+            0,
+            params,
+            &[&gate.buf, &up.buf],
+            grid_1d(gate.len),
+        );
+    }
+
+    /// `x[t] += b` for every row of `x`.
+    pub fn add_rows(&self, x: &GpuTensor, b: &GpuTensor) {
+        let params = [x.len as u32, b.len as u32, 0, 0, 0, 0, 0, 0];
+        self.dispatch("add_rows", 0, params, &[&x.buf, &b.buf], grid_1d(x.len));
+    }
+
+    /// `x *= s`.
+    pub fn scale(&self, x: &GpuTensor, s: f32) {
+        let params = [x.len as u32, s.to_bits(), 0, 0, 0, 0, 0, 0];
+        self.dispatch("scale", 0, params, &[&x.buf], grid_1d(x.len));
     }
 
     /// `x += y`.

@@ -1,36 +1,22 @@
-//! The Llama architecture (Llama 2/3, Mistral, SmolLM): one span of stages, written once against
-//! [`Backend`].
-//!
-//! Shapes, with `H` hidden, `Q = heads·head_dim`, `K = kv_heads·head_dim`, `F` intermediate:
-//! `attn_q [H→Q]`, `attn_k`/`attn_v [H→K]`, `attn_output [Q→H]`, `ffn_gate`/`ffn_up [H→F]`,
-//! `ffn_down [F→H]`, `token_embd [vocab, H]`, `output [vocab, H]` (or `token_embd` when tied).
+//! One span of a decoder-only model's stages, over a [`Backend`]: the embedding when the span
+//! starts the model, its blocks (each architecture's, see [`crate::arch`]), and the final norm
+//! and head when it ends the model.
 
 use baton_protocol::Span;
 
+use crate::arch::ModelConfig;
 use crate::backend::Backend;
-use crate::config::LlamaConfig;
 use crate::error::{Error, RunError};
+use crate::layers::Block;
 use crate::model::ModelFile;
 
-struct Block<B: Backend> {
-    attn_norm: B::Vector,
-    wq: B::Weight,
-    wk: B::Weight,
-    wv: B::Weight,
-    wo: B::Weight,
-    ffn_norm: B::Vector,
-    gate: B::Weight,
-    up: B::Weight,
-    down: B::Weight,
-}
-
 /// The weights of one span, resident on its backend.
-pub struct LlamaSpan<B: Backend> {
-    pub config: LlamaConfig,
+pub struct DecoderSpan<B: Backend> {
+    pub config: ModelConfig,
     pub span: Span,
     pub backend: B,
     embed: Option<B::Weight>,
-    blocks: Vec<Block<B>>,
+    blocks: Vec<Box<dyn Block<B>>>,
     norm: Option<B::Vector>,
     /// `None` while the span has no head, or when the tied head is `embed` itself.
     head: Option<B::Weight>,
@@ -55,7 +41,7 @@ pub enum Logits {
     All,
 }
 
-impl<B: Backend> LlamaSpan<B> {
+impl<B: Backend + 'static> DecoderSpan<B> {
     /// Loads the span's weights onto the backend; `progress(done, total)` follows the tensors.
     pub fn load(
         model: &ModelFile,
@@ -66,8 +52,8 @@ impl<B: Backend> LlamaSpan<B> {
         let c = model.config.clone();
         span.check(c.layers as u32)
             .map_err(crate::error::LoadError::from)?;
-        let (h, q, k, f) = (c.hidden, c.q_width(), c.kv_width(), c.intermediate);
-        let total = span.len() as usize * 9 + 3;
+        let h = c.hidden;
+        let total = span.len() as usize + 3;
         let mut done = 0;
         let mut step = |n: usize| {
             done += n;
@@ -75,9 +61,6 @@ impl<B: Backend> LlamaSpan<B> {
         };
         let weight = |name: &str, shape: &[usize]| -> Result<B::Weight, Error> {
             Ok(backend.weight(model.tensor(name, shape)?)?)
-        };
-        let vector = |name: &str| -> Result<B::Vector, Error> {
-            Ok(backend.vector(&model.tensor(name, &[h])?.to_f32())?)
         };
         let embed = if span.has_embed() {
             Some(weight("token_embd.weight", &[h, c.vocab])?)
@@ -87,22 +70,13 @@ impl<B: Backend> LlamaSpan<B> {
         step(1);
         let mut blocks = Vec::with_capacity(span.len() as usize);
         for i in span.start..span.end {
-            let n = |part: &str| format!("blk.{i}.{part}.weight");
-            blocks.push(Block {
-                attn_norm: vector(&n("attn_norm"))?,
-                wq: weight(&n("attn_q"), &[h, q])?,
-                wk: weight(&n("attn_k"), &[h, k])?,
-                wv: weight(&n("attn_v"), &[h, k])?,
-                wo: weight(&n("attn_output"), &[q, h])?,
-                ffn_norm: vector(&n("ffn_norm"))?,
-                gate: weight(&n("ffn_gate"), &[h, f])?,
-                up: weight(&n("ffn_up"), &[h, f])?,
-                down: weight(&n("ffn_down"), &[f, h])?,
-            });
-            step(9);
+            blocks.push(c.load_block(model, i as usize, &backend)?);
+            step(1);
         }
         let (norm, head) = if span.has_head(c.layers as u32) {
-            let norm = Some(vector("output_norm.weight")?);
+            let t = model.tensor("output_norm.weight", &[h])?;
+            let shifted: Vec<f32> = t.to_f32().iter().map(|w| w + c.norm_shift).collect();
+            let norm = Some(backend.vector(&shifted)?);
             let head = match (c.tied_embeddings, &embed) {
                 (true, Some(_)) => None,
                 (true, None) => Some(weight("token_embd.weight", &[h, c.vocab])?),
@@ -113,7 +87,7 @@ impl<B: Backend> LlamaSpan<B> {
             (None, None)
         };
         step(2);
-        Ok(LlamaSpan {
+        Ok(DecoderSpan {
             config: c,
             span,
             backend,
@@ -169,7 +143,11 @@ impl<B: Backend> LlamaSpan<B> {
                 if ids.is_empty() {
                     return Err(RunError::Empty);
                 }
-                be.embed(table, ids)?
+                let mut x = be.embed(table, ids)?;
+                if let Some(s) = c.embed_scale() {
+                    be.scale(&mut x, s)?;
+                }
+                x
             }
             (SpanInput::Hidden(hs), None) => {
                 if hs.is_empty() {
@@ -195,24 +173,7 @@ impl<B: Backend> LlamaSpan<B> {
             });
         }
         for (b, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let xn = be.rmsnorm(&x, &b.attn_norm, c.rms_eps)?;
-            let mut qkv = be.linear(&[&b.wq, &b.wk, &b.wv], &xn)?.into_iter();
-            let (Some(mut q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-                return Err(RunError::Backend("linear returned too few outputs".into()));
-            };
-            be.rope(&mut q, pos0, c.head_dim, c.rope_theta, c.rope_interleaved)?;
-            be.rope(&mut k, pos0, c.head_dim, c.rope_theta, c.rope_interleaved)?;
-            let att = be.attention(&q, &k, &v, kv, pos0, c.heads, c.kv_heads, c.head_dim)?;
-            let o = be.linear(&[&b.wo], &att)?.remove(0);
-            be.add(&mut x, &o)?;
-            let xn = be.rmsnorm(&x, &b.ffn_norm, c.rms_eps)?;
-            let mut gu = be.linear(&[&b.gate, &b.up], &xn)?.into_iter();
-            let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
-                return Err(RunError::Backend("linear returned too few outputs".into()));
-            };
-            be.silu_mul(&mut g, &u)?;
-            let d = be.linear(&[&b.down], &g)?.remove(0);
-            be.add(&mut x, &d)?;
+            b.forward(be, &mut x, kv, pos0)?;
         }
         cache.pos = pos0 + tokens;
         match (&self.norm, self.head.as_ref().or(self.embed.as_ref())) {

@@ -1,0 +1,222 @@
+//! The parts decoder blocks are made of, written once against [`Backend`]: attention with the
+//! options architectures differ by (biases, per-head norms, RoPE scaling, a sliding window), the
+//! gated MLP, and the pre-norm block of the Llama family. Architecture files compose them.
+
+use baton_shaders::cpu::AttnShape;
+
+use crate::arch::{ModelConfig, Rope};
+use crate::backend::Backend;
+use crate::error::{Error, RunError};
+use crate::model::ModelFile;
+
+/// One decoder block: reads the residual stream `x` and adds its contribution in place.
+pub trait Block<B: Backend>: Send + Sync {
+    fn forward(&self, be: &B, x: &mut B::Act, kv: &mut B::Kv, pos0: usize) -> Result<(), RunError>;
+}
+
+/// Loads the weights of block `i` under GGUF's names (`blk.{i}.{part}.weight`).
+pub struct Loader<'a, B: Backend> {
+    pub model: &'a ModelFile,
+    pub config: &'a ModelConfig,
+    pub backend: &'a B,
+    pub block: usize,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn name(&self, part: &str, kind: &str) -> String {
+        format!("blk.{}.{part}.{kind}", self.block)
+    }
+
+    /// A linear layer's weight `[cols → rows]`.
+    pub fn weight(&self, part: &str, cols: usize, rows: usize) -> Result<B::Weight, Error> {
+        let t = self
+            .model
+            .tensor(&self.name(part, "weight"), &[cols, rows])?;
+        Ok(self.backend.weight(t)?)
+    }
+
+    /// A vector of `n` values, as f32.
+    pub fn vector(&self, name: &str, n: usize) -> Result<B::Vector, Error> {
+        let t = self.model.tensor(name, &[n])?;
+        Ok(self.backend.vector(&t.to_f32())?)
+    }
+
+    /// An RMSNorm's weight, shifted as the architecture stores it.
+    pub fn norm(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
+        let t = self.model.tensor(&self.name(part, "weight"), &[n])?;
+        let shift = self.config.norm_shift;
+        let v: Vec<f32> = t.to_f32().iter().map(|w| w + shift).collect();
+        Ok(self.backend.vector(&v)?)
+    }
+
+    pub fn bias(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
+        self.vector(&self.name(part, "bias"), n)
+    }
+}
+
+/// How attention differs between architectures and layers.
+pub struct AttentionOptions {
+    pub bias: bool,
+    pub qk_norm: bool,
+    pub rope: Rope,
+    pub scale: f32,
+    pub window: usize,
+}
+
+impl AttentionOptions {
+    pub fn plain(c: &ModelConfig) -> Self {
+        AttentionOptions {
+            bias: false,
+            qk_norm: false,
+            rope: c.rope.clone(),
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            window: 0,
+        }
+    }
+}
+
+pub struct Attention<B: Backend> {
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    wo: B::Weight,
+    bias: Option<[B::Vector; 3]>,
+    qk_norm: Option<[B::Vector; 2]>,
+    inv_freq: B::Vector,
+    rope_factor: f32,
+    interleaved: bool,
+    shape: AttnShape,
+    eps: f32,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn load(l: &Loader<B>, o: &AttentionOptions) -> Result<Self, Error> {
+        let c = l.config;
+        let (h, q, k) = (c.hidden, c.q_width(), c.kv_width());
+        let bias = if o.bias {
+            Some([
+                l.bias("attn_q", q)?,
+                l.bias("attn_k", k)?,
+                l.bias("attn_v", k)?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = if o.qk_norm {
+            Some([
+                l.norm("attn_q_norm", c.head_dim)?,
+                l.norm("attn_k_norm", c.head_dim)?,
+            ])
+        } else {
+            None
+        };
+        let (inv, rope_factor) = o.rope.inv_freq();
+        Ok(Attention {
+            wq: l.weight("attn_q", h, q)?,
+            wk: l.weight("attn_k", h, k)?,
+            wv: l.weight("attn_v", h, k)?,
+            wo: l.weight("attn_output", q, h)?,
+            bias,
+            qk_norm,
+            inv_freq: l.backend.vector(&inv)?,
+            rope_factor,
+            interleaved: o.rope.interleaved,
+            shape: AttnShape {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                scale: o.scale,
+                window: o.window,
+            },
+            eps: c.rms_eps,
+        })
+    }
+
+    /// Attention over the normed input `xn`; appends to the layer's cache.
+    pub fn forward(
+        &self,
+        be: &B,
+        xn: &B::Act,
+        kv: &mut B::Kv,
+        pos0: usize,
+    ) -> Result<B::Act, RunError> {
+        let mut qkv = be.linear(&[&self.wq, &self.wk, &self.wv], xn)?.into_iter();
+        let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(RunError::Backend("linear returned too few outputs".into()));
+        };
+        if let Some([bq, bk, bv]) = &self.bias {
+            be.add_rows(&mut q, bq)?;
+            be.add_rows(&mut k, bk)?;
+            be.add_rows(&mut v, bv)?;
+        }
+        if let Some([nq, nk]) = &self.qk_norm {
+            q = be.rmsnorm(&q, nq, self.eps)?;
+            k = be.rmsnorm(&k, nk, self.eps)?;
+        }
+        let hd = self.shape.head_dim;
+        let (inv, f, il) = (&self.inv_freq, self.rope_factor, self.interleaved);
+        be.rope(&mut q, pos0, hd, inv, f, il)?;
+        be.rope(&mut k, pos0, hd, inv, f, il)?;
+        let att = be.attention(&q, &k, &v, kv, pos0, &self.shape)?;
+        Ok(be.linear(&[&self.wo], &att)?.remove(0))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU's tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// `down(act(gate(x)) · up(x))`.
+pub struct Mlp<B: Backend> {
+    gate: B::Weight,
+    up: B::Weight,
+    down: B::Weight,
+    act: Activation,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn load(l: &Loader<B>, act: Activation) -> Result<Self, Error> {
+        let (h, f) = (l.config.hidden, l.config.intermediate);
+        Ok(Mlp {
+            gate: l.weight("ffn_gate", h, f)?,
+            up: l.weight("ffn_up", h, f)?,
+            down: l.weight("ffn_down", f, h)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, be: &B, xn: &B::Act) -> Result<B::Act, RunError> {
+        let mut gu = be.linear(&[&self.gate, &self.up], xn)?.into_iter();
+        let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(RunError::Backend("linear returned too few outputs".into()));
+        };
+        match self.act {
+            Activation::Silu => be.silu_mul(&mut g, &u)?,
+            Activation::GeluTanh => be.gelu_mul(&mut g, &u)?,
+        }
+        Ok(be.linear(&[&self.down], &g)?.remove(0))
+    }
+}
+
+/// The Llama family's block: `x += attn(norm(x))`, then `x += mlp(norm(x))`.
+pub struct PreNormBlock<B: Backend> {
+    pub attn_norm: B::Vector,
+    pub attn: Attention<B>,
+    pub ffn_norm: B::Vector,
+    pub mlp: Mlp<B>,
+    pub eps: f32,
+}
+
+impl<B: Backend> Block<B> for PreNormBlock<B> {
+    fn forward(&self, be: &B, x: &mut B::Act, kv: &mut B::Kv, pos0: usize) -> Result<(), RunError> {
+        let xn = be.rmsnorm(x, &self.attn_norm, self.eps)?;
+        let o = self.attn.forward(be, &xn, kv, pos0)?;
+        be.add(x, &o)?;
+        let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
+        let d = self.mlp.forward(be, &xn)?;
+        be.add(x, &d)
+    }
+}
