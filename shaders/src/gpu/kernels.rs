@@ -40,8 +40,12 @@ impl Gpu {
     pub fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, tokens: usize) -> GpuTensor {
         debug_assert_eq!(x.len, tokens * w.cols);
         let y = self.zeros(tokens * w.rows);
-        // Four tokens per workgroup row; the y dimension must stay within the grid limit.
-        let max_tokens = MAX_GROUPS as usize * 4;
+        // Four tokens per workgroup row; the y dimension must stay within the grid limit, and the
+        // input and output of a pass within one buffer binding (a 262,144-wide head's logits for
+        // 256 tokens would not).
+        let per_token = (w.rows.max(w.cols) * 4) as u64;
+        let by_binding = (self.max_binding / per_token).max(1) as usize;
+        let max_tokens = (MAX_GROUPS as usize * 4).min(by_binding);
         for t0 in (0..tokens).step_by(max_tokens) {
             let nt = (tokens - t0).min(max_tokens);
             let (xs, ys) = if t0 == 0 && nt == tokens {

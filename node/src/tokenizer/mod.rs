@@ -4,10 +4,12 @@ use std::path::Path;
 
 use baton_protocol::wire::TokenizerSpec;
 use serde::Serialize;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 use crate::error::LoadError;
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::GgufFile;
+
+mod gguf;
 
 /// One chat message, as OpenAI and Hugging Face templates expect it.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -26,112 +28,16 @@ pub struct Tokenizer {
     pub stop_ids: Vec<u32>,
 }
 
-// Pre-tokenizer regexes of the GGUF `tokenizer.ggml.pre` families we support.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-fn pre_tokenizer(pre: &str) -> Option<Json> {
-    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
-    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
-    Some(match pre {
-        "default" | "gpt2" | "gpt-2" => byte_level(true),
-        "smollm" | "starcoder" | "refact" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        "llama-bpe" | "llama3" | "smaug-bpe" => {
-            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
-        }
-        _ => return None,
-    })
-}
-
 impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, LoadError> {
-        let bad = |what: String| LoadError::Tokenizer {
-            path: g.path.clone(),
-            what,
-        };
-        let model = g.get_str("tokenizer.ggml.model").unwrap_or("");
-        if model != "gpt2" {
-            return Err(bad(format!(
-                "tokenizer model `{model}` is not supported yet (byte-level BPE, `gpt2`, is)"
-            )));
-        }
-        let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let pre_tok = pre_tokenizer(pre)
-            .ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
-        let tokens: Vec<&str> = g
-            .require("tokenizer.ggml.tokens")?
-            .as_array()
-            .ok_or_else(|| bad("tokens are not a list".into()))?
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| bad("a token is not a string".into()))
-            })
-            .collect::<Result<_, _>>()?;
-        let merges: Vec<&str> = g
-            .get("tokenizer.ggml.merges")
-            .and_then(Value::as_array)
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let types: Vec<u64> = g
-            .get("tokenizer.ggml.token_type")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
-            .unwrap_or_default();
-        let vocab: serde_json::Map<String, Json> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), json!(i)))
-            .collect();
-        // Control (3) and user-defined (4) tokens are matched whole before BPE runs.
-        let added: Vec<Json> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == 3 || **t == 4)
-            .filter_map(|(i, t)| {
-                tokens.get(i).map(|s| {
-                    json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                        "rstrip": false, "normalized": false, "special": *t == 3})
-                })
-            })
-            .collect();
-        let spec = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tok,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
-        });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e| bad(format!("cannot build the BPE tokenizer: {e}")))?;
-        let token_at = |key: &str| {
-            g.get(key)
-                .and_then(Value::as_u64)
-                .and_then(|i| tokens.get(i as usize).map(|s| (i as u32, s.to_string())))
-        };
-        let bos = token_at("tokenizer.ggml.bos_token_id");
-        let eos = token_at("tokenizer.ggml.eos_token_id");
-        let add_bos = match g.get("tokenizer.ggml.add_bos_token") {
-            Some(Value::Bool(true)) => bos.as_ref().map(|b| b.0),
-            _ => None,
-        };
+        let built = gguf::build(g)?;
         let mut t = Tokenizer {
-            inner,
+            inner: built.inner,
             chat_template: g.get_str("tokenizer.chat_template").map(String::from),
-            bos: bos.map(|b| b.1),
-            eos: eos.as_ref().map(|e| e.1.clone()),
-            add_bos,
-            stop_ids: eos.map(|e| vec![e.0]).unwrap_or_default(),
+            bos: built.bos.map(|b| b.1),
+            eos: built.eos.as_ref().map(|e| e.1.clone()),
+            add_bos: built.add_bos,
+            stop_ids: built.stop_ids,
         };
         t.add_turn_markers();
         Ok(t)
@@ -175,6 +81,7 @@ impl Tokenizer {
             "<|end_of_text|>",
             "</s>",
             "<|endoftext|>",
+            "<end_of_turn>",
         ] {
             if let Some(id) = self.inner.token_to_id(marker) {
                 if !self.stop_ids.contains(&id) {
@@ -219,6 +126,12 @@ impl Tokenizer {
         ids.extend(self.add_bos);
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// Token ids of `text` alone, without the BOS a prompt starts with.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, String> {
+        let enc = self.inner.encode(text, false).map_err(|e| e.to_string())?;
+        Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
