@@ -18,7 +18,7 @@ LB=$CACHE/llama.cpp/build/bin/llama-bench
 if [ ! -x "$LB" ]; then
   echo "building llama-bench (once) ..." >&2
   tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$tmp"
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$tmp"
   tar xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$tmp"
   rm -rf "$CACHE/llama.cpp" && mv "$tmp"/llama_cpp_python-*/vendor/llama.cpp "$CACHE/llama.cpp"
   cmake -S "$CACHE/llama.cpp" -B "$CACHE/llama.cpp/build" -DCMAKE_BUILD_TYPE=Release \

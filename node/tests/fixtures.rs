@@ -54,8 +54,14 @@ fn check_backend(choice: BackendChoice, tol: f32) {
         let logits = full_logits(&engine, &case.all_ids);
         assert_eq!(logits.len(), case.all_ids.len() * vocab);
         let row = |p: usize| &logits[p * vocab..(p + 1) * vocab];
-        let worst = check_case(&case, |p| argmax(row(p)), |p, id| row(p)[id as usize], tol)
-            .unwrap_or_else(|e| panic!("{}: {e}", engine.describe()));
+        let worst = check_case(
+            &case,
+            0..case.all_ids.len(),
+            |p| argmax(row(p)),
+            |p, id| row(p)[id as usize],
+            tol,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", engine.describe()));
         eprintln!(
             "{} {}: worst top-5 logit difference {worst:.4}",
             engine.describe(),

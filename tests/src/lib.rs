@@ -163,17 +163,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
-/// Checks teacher-forced outputs against a case: top-1 at every position, and each of the
+/// Checks teacher-forced outputs against a case: top-1 at each of `positions`, and each of the
 /// reference's top-5 logits within `tol`. `logit_of(p, id)` gives our logit for `id` at `p`;
 /// `top1(p)` our most likely id.
 pub fn check_case(
     case: &Case,
+    positions: std::ops::Range<usize>,
     top1: impl Fn(usize) -> u32,
     logit_of: impl Fn(usize, u32) -> f32,
     tol: f32,
 ) -> anyhow::Result<f32> {
     let mut worst = 0f32;
-    for p in 0..case.all_ids.len() {
+    for p in positions {
         let want = case.top5_ids[p][0];
         let got = top1(p);
         if got != want {

@@ -70,7 +70,14 @@ fn eval_answers_every_fixture_from_the_command_line() {
                 .map(|(_, l)| *l)
                 .unwrap_or(f32::NEG_INFINITY)
         };
-        check_case(&case, |p| top(p)[0].0, logit_of, 0.05).unwrap();
+        check_case(
+            &case,
+            0..case.all_ids.len(),
+            |p| top(p)[0].0,
+            logit_of,
+            0.05,
+        )
+        .unwrap();
         let ppl = doc["perplexity"].as_f64().unwrap();
         assert!(
             ppl.is_finite() && ppl > 1.0,

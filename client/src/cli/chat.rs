@@ -91,6 +91,12 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     let model = &source.model;
+    anyhow::ensure!(
+        model.tok.has_chat_template(),
+        "{}: {}",
+        model.name,
+        baton_node::tokenizer::NO_TEMPLATE
+    );
     let out = Out {
         tty: std::io::stdin().is_terminal(),
     };

@@ -39,6 +39,10 @@ pub struct SourceArgs {
     /// With --local: CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A Jinja chat template to use instead of the model's (as in `tokenizer_config.json`):
+    /// for a base model that has none, or to override the one it has.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     #[command(flatten)]
     pub access: super::access::AccessArgs,
 }
@@ -59,6 +63,21 @@ impl SourceArgs {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Source> {
+        let template = match &self.chat_template {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the chat template {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut source = self.connect_model().await?;
+        if let Some(t) = template {
+            source.model.tok.set_chat_template(t);
+        }
+        Ok(source)
+    }
+
+    async fn connect_model(&self) -> anyhow::Result<Source> {
         if !self.bootstrap.is_empty() {
             let client = SwarmClient::connect(
                 self.bootstrap.clone(),

@@ -11,6 +11,11 @@ use crate::gguf::GgufFile;
 
 mod gguf;
 
+/// Why a chat cannot be rendered for a model without a template.
+pub const NO_TEMPLATE: &str = "the model has no chat template (a base model continues text, it \
+     does not chat): give one with --chat-template FILE, or continue a prompt as it is \
+     (`baton generate --prompt`, POST /v1/completions)";
+
 /// One chat message, as OpenAI and Hugging Face templates expect it.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Message {
@@ -146,6 +151,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Uses `template` (Jinja, as in `tokenizer_config.json`) instead of the model's own.
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat_template = Some(template);
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
     }
@@ -156,10 +166,7 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or("the model has no chat template")?;
+        let template = self.chat_template.as_deref().ok_or(NO_TEMPLATE)?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(

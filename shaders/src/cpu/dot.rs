@@ -5,8 +5,8 @@
 
 use crate::quant::{dequantize_block, f16_at, DType};
 
-/// Sums of `x` over each 32-element block: Q4_1's minimum multiplies them, so they are computed
-/// once per vector rather than once per row.
+/// Sums of `x` over each 32-element block: the minimums of Q4_1, Q5_1, Q4_K and Q5_K multiply
+/// them, so they are computed once per vector rather than once per row.
 pub fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks(32).map(|c| c.iter().sum()).collect()
 }
@@ -30,7 +30,7 @@ impl Dot {
         Dot { dtype, simd: false }
     }
 
-    /// `row · x`. `xs` holds [`block_sums`] of `x` (only Q4_1 reads it).
+    /// `row · x`. `xs` holds [`block_sums`] of `x` (formats with minimums read it).
     #[inline]
     pub fn dot(&self, row: &[u8], x: &[f32], xs: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
@@ -45,6 +45,13 @@ impl Dot {
                     DType::Bf16 => x86::dot_bf16(row, x),
                     DType::Q8_0 => x86::dot_q8_0(row, x),
                     DType::Q4_1 => x86::dot_q4_1(row, x, xs),
+                    DType::Q4_0 => super::dot_x86::dot_q4_0(row, x),
+                    DType::Q5_0 => super::dot_x86::dot_q5_0(row, x),
+                    DType::Q5_1 => super::dot_x86::dot_q5_1(row, x, xs),
+                    DType::Iq4Nl => super::dot_x86::dot_iq4_nl(row, x),
+                    DType::Q4K => super::dot_x86::dot_q4_k(row, x, xs),
+                    DType::Q5K => super::dot_x86::dot_q5_k(row, x, xs),
+                    DType::Q6K => super::dot_x86::dot_q6_k(row, x),
                     _ => by_blocks(self.dtype, row, x, |w, x| {
                         x86::dot_f32(bytemuck::cast_slice(w), x)
                     }),

@@ -4,6 +4,8 @@
 
 mod attention;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_x86;
 mod matmul;
 mod ops;
 mod pool;

@@ -4,8 +4,8 @@
 //! CPU and in WGSL, is tested against it, and it is tested against the `gguf` Python package's
 //! dequantization of the same blocks (`shaders/tests/quant_reference.rs`).
 
-mod kquants;
-mod legacy;
+pub(crate) mod kquants;
+pub(crate) mod legacy;
 
 use half::{bf16, f16};
 
