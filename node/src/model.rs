@@ -284,22 +284,16 @@ fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| LoadError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
+    // Without an index the weights are `model.safetensors`: other safetensors files in a folder
+    // (Mistral's `consolidated.safetensors`, adapters, references) are not the model's weights.
+    let single = dir.join("model.safetensors");
+    if !single.exists() {
         return Err(LoadError::Config {
             path: dir.to_path_buf(),
-            what: "no *.safetensors files in the folder".into(),
+            what: "no model.safetensors and no model.safetensors.index.json in the folder".into(),
         });
     }
-    Ok(files)
+    Ok(vec![single])
 }
 
 fn read_safetensors(path: &Path) -> Result<Vec<TensorRef>, LoadError> {

@@ -5,11 +5,14 @@ use baton_protocol::Span;
 use baton_tests::{fixtures_dir, max_abs_diff, tensor_f32};
 
 fn check(options: EngineOptions, tol: f32) {
-    let dir = fixtures_dir().join("hf-tiny/llama");
-    let model = ModelFile::open(&dir).unwrap();
+    check_folder(&fixtures_dir().join("hf-tiny/llama"), options, tol);
+}
+
+fn check_folder(dir: &std::path::Path, options: EngineOptions, tol: f32) {
+    let model = ModelFile::open(dir).unwrap();
     assert!(!model.config.tied_embeddings);
     assert_eq!(model.config.rope.theta, 500_000.0);
-    let reference = dir.join("reference.safetensors");
+    let reference = fixtures_dir().join("hf-tiny/llama/reference.safetensors");
     let ids: Vec<u32> = tensor_f32(&reference, "ids")
         .unwrap()
         .iter()
@@ -57,4 +60,37 @@ fn wgpu_reproduces_the_reference() {
         let backend = BackendChoice::Wgpu;
         check(EngineOptions { backend, kv_dtype }, tol);
     }
+}
+
+/// A folder without an index holds its weights in `model.safetensors`; other safetensors files
+/// beside it (Mistral's `consolidated.safetensors`, adapters, references) are not read.
+#[test]
+fn a_single_file_folder_reads_model_safetensors_only() {
+    let src = fixtures_dir().join("hf-tiny/llama");
+    let dir = std::env::temp_dir().join(format!("baton-hf-single-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shards: Vec<Vec<u8>> = (1..=3)
+        .map(|i| std::fs::read(src.join(format!("model-0000{i}-of-00003.safetensors"))).unwrap())
+        .collect();
+    let parsed: Vec<_> = shards
+        .iter()
+        .map(|b| safetensors::SafeTensors::deserialize(b).unwrap())
+        .collect();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> =
+        parsed.iter().flat_map(|st| st.tensors()).collect();
+    safetensors::serialize_to_file(tensors, None, &dir.join("model.safetensors")).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    // Not weights: a reference file and a second copy of the model under other names.
+    std::fs::copy(
+        src.join("reference.safetensors"),
+        dir.join("consolidated.safetensors"),
+    )
+    .unwrap();
+    check_folder(&dir, BackendChoice::Cpu.into(), 1e-3);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let err = ModelFile::open(&dir)
+        .err()
+        .expect("a folder without weights loads");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -53,7 +53,13 @@ fn matmul_matches_cpu() {
     // A small binding limit forces weights into several parts.
     for g in [gpu(None), gpu(Some(4096))] {
         for dtype in DTYPES {
-            for (rows, cols, tokens) in [(1, 256, 1), (67, 512, 1), (33, 256, 5), (30, 768, 7)] {
+            for (rows, cols, tokens) in [
+                (1, 256, 1),
+                (67, 512, 1),
+                (33, 256, 5),
+                (30, 768, 7),
+                (9, 256, 19),
+            ] {
                 let bytes = quantized(&mut rng, dtype, rows, cols);
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
                 let x = random(&mut rng, tokens * cols, 1.0);

@@ -279,7 +279,10 @@ impl<'a> GgufKeys<'a> {
             let Some(rest) = key.strip_prefix(&prefix) else {
                 continue;
             };
-            if !COMMON_KEYS.contains(&rest) && !extra.contains(&rest) {
+            // Some dense conversions state zero experts.
+            let no_experts = matches!(rest, "expert_count" | "expert_used_count")
+                && self.g.get(key).and_then(Value::as_u64) == Some(0);
+            if !COMMON_KEYS.contains(&rest) && !extra.contains(&rest) && !no_experts {
                 return Err(LoadError::Config {
                     path: self.g.path.clone(),
                     what: format!(

@@ -119,7 +119,7 @@ impl Backend for CpuBackend {
         factor: f32,
         interleaved: bool,
     ) -> Result<(), RunError> {
-        if head_dim == 0 || x.width % head_dim != 0 || inv.len() * 2 != head_dim {
+        if head_dim == 0 || !x.width.is_multiple_of(head_dim) || inv.len() * 2 != head_dim {
             return Err(RunError::Backend(format!(
                 "RoPE of {} frequencies over heads of {head_dim} in rows of {}",
                 inv.len(),

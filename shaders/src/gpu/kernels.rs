@@ -40,12 +40,12 @@ impl Gpu {
     pub fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, tokens: usize) -> GpuTensor {
         debug_assert_eq!(x.len, tokens * w.cols);
         let y = self.zeros(tokens * w.rows);
-        // Four tokens per workgroup row; the y dimension must stay within the grid limit, and the
+        // Eight tokens per workgroup row; the y dimension must stay within the grid limit, and the
         // input and output of a pass within one buffer binding (a 262,144-wide head's logits for
         // 256 tokens would not).
         let per_token = (w.rows.max(w.cols) * 4) as u64;
         let by_binding = (self.max_binding / per_token).max(1) as usize;
-        let max_tokens = (MAX_GROUPS as usize * 4).min(by_binding);
+        let max_tokens = (MAX_GROUPS as usize * 8).min(by_binding);
         for t0 in (0..tokens).step_by(max_tokens) {
             let nt = (tokens - t0).min(max_tokens);
             let (xs, ys) = if t0 == 0 && nt == tokens {
@@ -68,7 +68,7 @@ impl Gpu {
                     0,
                     0,
                 ];
-                let groups = (*rows as u32, nt.div_ceil(4) as u32);
+                let groups = (*rows as u32, nt.div_ceil(8) as u32);
                 self.dispatch(
                     "matmul",
                     dtype_code(w.dtype),
@@ -127,6 +127,7 @@ impl Gpu {
 
     /// RoPE in place on `[tokens, heads · head_dim]` at positions `pos0..`, with the inverse
     /// frequencies `inv` (`head_dim / 2` values) and the result scaled by `factor`.
+    #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
         x: &GpuTensor,
