@@ -1,18 +1,32 @@
-//! A Hugging Face folder (bf16, three shards, untied head, RoPE θ 500,000) against its reference.
+//! Tiny random Hugging Face folders of every architecture against transformers' logits:
+//! `llama/` (bf16, three shards, untied head, RoPE θ 500,000), `qwen2/` (q/k/v biases, shards),
+//! `qwen3/` (per-head q/k norms, head_dim unlike hidden/heads), `gemma3/` (an 8-token window on
+//! five local layers of six, GELU, norms around attention and MLP, tied head).
 
 use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
 use baton_tests::{fixtures_dir, max_abs_diff, tensor_f32};
 
+const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+
 fn check(options: EngineOptions, tol: f32) {
-    check_folder(&fixtures_dir().join("hf-tiny/llama"), options, tol);
+    let llama = ModelFile::open(&fixtures_dir().join("hf-tiny/llama")).unwrap();
+    assert!(!llama.config.tied_embeddings);
+    assert_eq!(llama.config.rope.theta, 500_000.0);
+    for arch in ARCHS {
+        let dir = fixtures_dir().join("hf-tiny").join(arch);
+        check_folder(&dir, &dir.join("reference.safetensors"), options, tol);
+    }
 }
 
-fn check_folder(dir: &std::path::Path, options: EngineOptions, tol: f32) {
+fn check_folder(
+    dir: &std::path::Path,
+    reference: &std::path::Path,
+    options: EngineOptions,
+    tol: f32,
+) {
     let model = ModelFile::open(dir).unwrap();
-    assert!(!model.config.tied_embeddings);
-    assert_eq!(model.config.rope.theta, 500_000.0);
-    let reference = fixtures_dir().join("hf-tiny/llama/reference.safetensors");
+    let reference = reference.to_path_buf();
     let ids: Vec<u32> = tensor_f32(&reference, "ids")
         .unwrap()
         .iter()
@@ -40,10 +54,15 @@ fn check_folder(dir: &std::path::Path, options: EngineOptions, tol: f32) {
     }
     assert_eq!(got.len(), want.len());
     let worst = max_abs_diff(&got, &want);
-    eprintln!("{}: worst logit difference {worst:e}", engine.describe());
+    eprintln!(
+        "{} {}: worst logit difference {worst:e}",
+        dir.display(),
+        engine.describe()
+    );
     assert!(
         worst < tol,
-        "{}: logits differ by {worst}",
+        "{} {}: logits differ by {worst}",
+        dir.display(),
         engine.describe()
     );
 }
@@ -86,7 +105,12 @@ fn a_single_file_folder_reads_model_safetensors_only() {
         dir.join("consolidated.safetensors"),
     )
     .unwrap();
-    check_folder(&dir, BackendChoice::Cpu.into(), 1e-3);
+    check_folder(
+        &dir,
+        &src.join("reference.safetensors"),
+        BackendChoice::Cpu.into(),
+        1e-3,
+    );
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let err = ModelFile::open(&dir)
         .err()
