@@ -9,13 +9,18 @@ use baton_tests::{fixtures_dir, max_abs_diff, tensor_f32};
 
 const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
+/// Every folder, and its GGUF conversion by llama.cpp's `convert_hf_to_gguf.py`
+/// (`hf-tiny/gguf/`, made by `convert_tiny.py`), against the folder's reference.
 fn check(options: EngineOptions, tol: f32) {
     let llama = ModelFile::open(&fixtures_dir().join("hf-tiny/llama")).unwrap();
     assert!(!llama.config.tied_embeddings);
     assert_eq!(llama.config.rope.theta, 500_000.0);
     for arch in ARCHS {
         let dir = fixtures_dir().join("hf-tiny").join(arch);
-        check_folder(&dir, &dir.join("reference.safetensors"), options, tol);
+        let reference = dir.join("reference.safetensors");
+        check_folder(&dir, &reference, options, tol);
+        let gguf = fixtures_dir().join(format!("hf-tiny/gguf/{arch}.gguf"));
+        check_folder(&gguf, &reference, options, tol);
     }
 }
 

@@ -55,11 +55,12 @@ fn default_pattern(layers: usize) -> Vec<bool> {
 
 pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
     let k = GgufKeys { g, arch: "gemma3" };
-    k.refuse_unknown(&["attention.sliding_window"])?;
+    k.refuse_unknown(&["attention.sliding_window", "rope.freq_base_swa"])?;
     let mut c = k.common(Arch::Llama, false)?;
     let window = k.u("attention.sliding_window")?;
     // llama.cpp's reading of the same file: scores scaled by 1/√head_dim, except the 27B (62
-    // layers) whose query_pre_attn_scalar is hidden/heads; local layers on base 10,000.
+    // layers) whose query_pre_attn_scalar is hidden/heads; local layers on their own base, 10,000
+    // where older conversions do not state it.
     let scalar = if c.layers == 62 {
         c.hidden / c.heads.max(1)
     } else {
@@ -68,7 +69,7 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
     c.arch = Arch::Gemma3(Gemma3 {
         sliding_window: window,
         local: default_pattern(c.layers),
-        local_theta: 10000.0,
+        local_theta: k.f_or("rope.freq_base_swa", 10000.0) as f32,
         query_scale: 1.0 / (scalar as f32).sqrt(),
     });
     c.rms_eps = k.f_or("attention.layer_norm_rms_epsilon", 1e-6) as f32;
