@@ -96,8 +96,22 @@ impl Common {
     }
 }
 
-/// `model.layers.{i}.{hf}.{weight|bias}` → `blk.{i}.{gguf}.{weight|bias}` through `parts`, and
-/// the embedding, the final norm and the head.
+/// The parts of a block every architecture names alike.
+const SHARED_PARTS: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// `model.layers.{i}.{hf}.{weight|bias}` → `blk.{i}.{gguf}.{weight|bias}` through the shared
+/// parts and the architecture's own `parts`, and the embedding, the final norm and the head.
 pub(crate) fn map_names(name: &str, parts: &[(&str, &str)]) -> Option<String> {
     let fixed = match name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
@@ -115,6 +129,9 @@ pub(crate) fn map_names(name: &str, parts: &[(&str, &str)]) -> Option<String> {
     if kind != "weight" && kind != "bias" {
         return None;
     }
-    let (_, gguf) = parts.iter().find(|(hf, _)| *hf == stem)?;
+    let (_, gguf) = SHARED_PARTS
+        .iter()
+        .chain(parts)
+        .find(|(hf, _)| *hf == stem)?;
     Some(format!("blk.{idx}.{gguf}.{kind}"))
 }

@@ -135,17 +135,8 @@ fn by_blocks(dtype: DType, row: &[u8], x: &[f32], dot: impl Fn(&[f32], &[f32]) -
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::dot_x86::hsum;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
