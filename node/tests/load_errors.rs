@@ -225,6 +225,12 @@ fn broken_hugging_face_folders_get_clear_errors() {
     )
     .unwrap();
     expect_error_naming(&dir, &dir, |e| matches!(e, LoadError::Shape { .. }));
+    std::fs::write(&p, config.replacen('{', "{\"sliding_window\": 16,", 1)).unwrap();
+    expect_error_naming(
+        &dir,
+        &p,
+        |e| matches!(e, LoadError::Config { what, .. } if what.contains("sliding_window")),
+    );
     std::fs::write(&p, "{ not json").unwrap();
     expect_error_naming(&dir, &p, |e| matches!(e, LoadError::Config { .. }));
     std::fs::write(&p, &config).unwrap();

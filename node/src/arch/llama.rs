@@ -47,7 +47,21 @@ pub fn from_gguf(g: &crate::gguf::GgufFile, arch: &str) -> Result<ModelConfig, L
 
 pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
     let h = hf::Common::parse(path, raw, "silu")?;
-    h.config(path, Arch::Llama, 10000.0, 1e-6)
+    let c = h.config(path, Arch::Llama, 10000.0, 1e-6)?;
+    // Mistral 7B v0.1 attends within 4,096 positions; later releases set no window.
+    if let Some(w) = raw.get("sliding_window").and_then(Json::as_u64) {
+        if (w as usize) < c.context {
+            return Err(LoadError::Config {
+                path: path.to_path_buf(),
+                what: format!(
+                    "`sliding_window` {w}, shorter than the context ({}), is not supported for \
+                     Llama and Mistral",
+                    c.context
+                ),
+            });
+        }
+    }
+    Ok(c)
 }
 
 /// Hugging Face's Llama weight names (shared by Mistral and Qwen) in GGUF's vocabulary.
