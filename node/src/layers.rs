@@ -43,9 +43,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// An RMSNorm's weight, shifted as the architecture stores it.
     pub fn norm(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
-        let t = self.model.tensor(&self.name(part, "weight"), &[n])?;
-        let shift = self.config.norm_shift;
-        let v: Vec<f32> = t.to_f32().iter().map(|w| w + shift).collect();
+        let v = self.model.norm_weight(&self.name(part, "weight"), n)?;
         Ok(self.backend.vector(&v)?)
     }
 

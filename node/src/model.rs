@@ -163,8 +163,12 @@ impl ModelFile {
         })
     }
 
-    pub fn has_tensor(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+    /// An RMSNorm's weight of `n` values as f32, shifted as the architecture stores it
+    /// ([`ModelConfig::norm_shift`]).
+    pub fn norm_weight(&self, name: &str, n: usize) -> Result<Vec<f32>, LoadError> {
+        let shift = self.config.norm_shift;
+        let t = self.tensor(name, &[n])?;
+        Ok(t.to_f32().iter().map(|w| w + shift).collect())
     }
 
     pub fn tensor_names(&self) -> impl Iterator<Item = &String> {

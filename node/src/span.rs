@@ -74,9 +74,7 @@ impl<B: Backend + 'static> DecoderSpan<B> {
             step(1);
         }
         let (norm, head) = if span.has_head(c.layers as u32) {
-            let t = model.tensor("output_norm.weight", &[h])?;
-            let shifted: Vec<f32> = t.to_f32().iter().map(|w| w + c.norm_shift).collect();
-            let norm = Some(backend.vector(&shifted)?);
+            let norm = Some(backend.vector(&model.norm_weight("output_norm.weight", h)?)?);
             let head = match (c.tied_embeddings, &embed) {
                 (true, Some(_)) => None,
                 (true, None) => Some(weight("token_embd.weight", &[h, c.vocab])?),

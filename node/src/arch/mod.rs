@@ -79,15 +79,6 @@ impl ModelConfig {
         self.heads * self.head_dim
     }
 
-    /// KV positions layer `layer` keeps for a session of `tokens` tokens: a sliding-window
-    /// layer never needs more than its window.
-    pub fn kv_positions(&self, layer: usize, tokens: usize) -> usize {
-        match &self.arch {
-            Arch::Gemma3(g) if g.is_local(layer) => tokens.min(g.sliding_window),
-            _ => tokens,
-        }
-    }
-
     pub(crate) fn check(self, path: &Path) -> Result<Self, LoadError> {
         let bad = |what: String| LoadError::Config {
             path: path.to_path_buf(),

@@ -68,30 +68,19 @@ pub(super) fn q3_k(b: &[u8], out: &mut [f32]) {
 /// Layout: d, dmin, scales[12], qs[128]. Elements `64j..64j+32` are the low nibbles of
 /// `qs[32j..32j+32]` (sub-block `2j`), the next 32 their high nibbles (sub-block `2j+1`).
 pub(super) fn q4_k(b: &[u8], out: &mut [f32]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, qs) = (&b[4..16], &b[16..144]);
-    for j in 0..4 {
-        let (s0, m0) = scale_min_k4(2 * j, scales);
-        let (s1, m1) = scale_min_k4(2 * j + 1, scales);
-        let (d0, n0, d1, n1) = (
-            d * s0 as f32,
-            dmin * m0 as f32,
-            d * s1 as f32,
-            dmin * m1 as f32,
-        );
-        let (lo, hi) = out[64 * j..64 * j + 64].split_at_mut(32);
-        for ((a, b), q) in lo.iter_mut().zip(hi).zip(&qs[32 * j..32 * j + 32]) {
-            *a = d0 * (q & 0x0f) as f32 - n0;
-            *b = d1 * (q >> 4) as f32 - n1;
-        }
-    }
+    k4(b, &b[16..144], None, out);
 }
 
 /// Layout: d, dmin, scales[12], qh[32], qs[128]. As Q4_K, with bit `is` of `qh[l]` as the fifth
 /// bit of element `l` of sub-block `is`.
 pub(super) fn q5_k(b: &[u8], out: &mut [f32]) {
+    k4(b, &b[48..176], Some(&b[16..48]), out);
+}
+
+/// Q4_K, and Q5_K when `qh` holds its fifth bits.
+fn k4(b: &[u8], qs: &[u8], qh: Option<&[u8]>, out: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    let scales = &b[4..16];
     for j in 0..4 {
         let (s0, m0) = scale_min_k4(2 * j, scales);
         let (s1, m1) = scale_min_k4(2 * j + 1, scales);
@@ -104,8 +93,12 @@ pub(super) fn q5_k(b: &[u8], out: &mut [f32]) {
         let (lo, hi) = out[64 * j..64 * j + 64].split_at_mut(32);
         for l in 0..32 {
             let q = qs[32 * j + l];
-            let h0 = ((qh[l] >> (2 * j)) & 1) << 4;
-            let h1 = ((qh[l] >> (2 * j + 1)) & 1) << 4;
+            let (h0, h1) = qh.map_or((0, 0), |qh| {
+                (
+                    ((qh[l] >> (2 * j)) & 1) << 4,
+                    ((qh[l] >> (2 * j + 1)) & 1) << 4,
+                )
+            });
             lo[l] = d0 * ((q & 0x0f) | h0) as f32 - n0;
             hi[l] = d1 * ((q >> 4) | h1) as f32 - n1;
         }
