@@ -1,65 +1,95 @@
-//! Dot products of one stored weight row with one f32 vector: the inner loop of decode.
+//! Dot products of one stored weight row with one activation vector: the inner loop of decode.
 //!
-//! Each format has a portable version and, on x86-64, an AVX2/FMA/F16C version chosen once per
-//! call of [`Dot::new`]. The portable versions are the reference the SIMD ones are tested against.
+//! Each format has a portable version over the f32 activation, the reference, and on x86-64 an
+//! AVX2 version chosen once per call of [`Dot::new`]: the quantized formats multiply their
+//! integers with the activation's 15-bit integer copy ([`Activation`], `dot_int.rs`), float
+//! weights and the formats without a kernel of their own use the f32 values.
 
+use super::act::Activation;
 use crate::quant::{dequantize_block, f16_at, DType};
 
-/// Sums of `x` over each 32-element block: the minimums of Q4_1, Q5_1, Q4_K and Q5_K multiply
-/// them, so they are computed once per vector rather than once per row.
-pub fn block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks(32).map(|c| c.iter().sum()).collect()
-}
+/// A quantized format's integer kernel.
+type IntKernel = unsafe fn(&[u8], &Activation) -> f32;
 
 /// A dot-product routine for one format, with the instruction set settled up front.
 #[derive(Clone, Copy)]
 pub struct Dot {
     dtype: DType,
+    /// The AVX2/FMA/F16C float kernels may run.
     simd: bool,
+    /// The integer kernel for `dtype` on this CPU.
+    int: Option<IntKernel>,
 }
 
 impl Dot {
     pub fn new(dtype: DType) -> Self {
+        let simd = simd_available();
         Dot {
             dtype,
-            simd: simd_available(),
+            simd,
+            int: if simd { int_kernel(dtype) } else { None },
         }
     }
 
     pub fn portable(dtype: DType) -> Self {
-        Dot { dtype, simd: false }
+        Dot {
+            dtype,
+            simd: false,
+            int: None,
+        }
     }
 
-    /// `row · x`. `xs` holds [`block_sums`] of `x` (formats with minimums read it).
+    /// `row · a.x`.
     #[inline]
-    pub fn dot(&self, row: &[u8], x: &[f32], xs: &[f32]) -> f32 {
+    pub fn dot(&self, row: &[u8], a: &Activation) -> f32 {
+        if let Some(kernel) = self.int {
+            // SAFETY: `int_kernel` only hands out kernels whose instruction sets the CPU
+            // reports; they read `a.x.len()` elements of the activation and the matching bytes
+            // of `row`, whose sizes the callers checked through `QTensor::new`.
+            return unsafe { kernel(row, a) };
+        }
         #[cfg(target_arch = "x86_64")]
         if self.simd {
-            // SAFETY: `simd` is only set when the CPU reports AVX2, FMA and F16C; the kernels
-            // read exactly `x.len()` elements of `x` and the matching bytes of `row`, whose sizes
-            // the callers checked through `QTensor::new`.
+            use super::dot_x86 as float;
+            let x = a.x;
+            // SAFETY: `simd` is only set when the CPU reports AVX2, FMA and F16C; as above for
+            // the sizes.
             unsafe {
                 return match self.dtype {
-                    DType::F32 => x86::dot_f32(row, x),
-                    DType::F16 => x86::dot_f16(row, x),
-                    DType::Bf16 => x86::dot_bf16(row, x),
-                    DType::Q8_0 => x86::dot_q8_0(row, x),
-                    DType::Q4_1 => x86::dot_q4_1(row, x, xs),
-                    DType::Q4_0 => super::dot_x86::dot_q4_0(row, x),
-                    DType::Q5_0 => super::dot_x86::dot_q5_0(row, x),
-                    DType::Q5_1 => super::dot_x86::dot_q5_1(row, x, xs),
-                    DType::Iq4Nl => super::dot_x86::dot_iq4_nl(row, x),
-                    DType::Q4K => super::dot_x86::dot_q4_k(row, x, xs),
-                    DType::Q5K => super::dot_x86::dot_q5_k(row, x, xs),
-                    DType::Q6K => super::dot_x86::dot_q6_k(row, x),
+                    DType::F32 => float::dot_f32(row, x),
+                    DType::F16 => float::dot_f16(row, x),
+                    DType::Bf16 => float::dot_bf16(row, x),
                     _ => by_blocks(self.dtype, row, x, |w, x| {
-                        x86::dot_f32(bytemuck::cast_slice(w), x)
+                        float::dot_f32(bytemuck::cast_slice(w), x)
                     }),
                 };
             }
         }
-        portable_dot(self.dtype, row, x, xs)
+        portable_dot(self.dtype, row, a.x, &a.sums)
     }
+}
+
+/// The integer kernel for `dtype`: AVX-512 VNNI where the CPU has it, else AVX2.
+fn int_kernel(dtype: DType) -> Option<IntKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::dot_int::{avx2, vnni};
+        if vnni_available() {
+            vnni::kernel(dtype)
+        } else {
+            avx2::kernel(dtype)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dtype;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vnni_available() -> bool {
+    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
 }
 
 fn simd_available() -> bool {
@@ -133,151 +163,9 @@ fn by_blocks(dtype: DType, row: &[u8], x: &[f32], dot: impl Fn(&[f32], &[f32]) -
     s
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::super::dot_x86::hsum;
-    use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
-        let n = x.len();
-        let w = row.as_ptr() as *const f32;
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(w.add(i)),
-                _mm256_loadu_ps(x.as_ptr().add(i)),
-                acc,
-            );
-            i += 8;
-        }
-        let mut s = hsum(acc);
-        while i < n {
-            s += w.add(i).read_unaligned() * x[i];
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
-        let n = x.len();
-        let w = row.as_ptr();
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(w.add(2 * i) as *const __m128i);
-            acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(x.as_ptr().add(i)), acc);
-            i += 8;
-        }
-        let mut s = hsum(acc);
-        while i < n {
-            s += super::f16_at(row, 2 * i) * x[i];
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
-        let n = x.len();
-        let w = row.as_ptr();
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(w.add(2 * i) as *const __m128i);
-            let f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-            acc = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.as_ptr().add(i)), acc);
-            i += 8;
-        }
-        let mut s = hsum(acc);
-        while i < n {
-            let b = half::bf16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
-            s += b.to_f32() * x[i];
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
-        let nb = x.len() / 32;
-        // Two accumulators and two product chains per block, as in `dot_q4_1`.
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        for b in 0..nb {
-            let p = row.as_ptr().add(b * 34);
-            let d = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const u16).read_unaligned() as i32));
-            let q = _mm256_loadu_si256(p.add(2) as *const __m256i);
-            let xp = x.as_ptr().add(b * 32);
-            let lo = _mm256_castsi256_si128(q);
-            let hi = _mm256_extracti128_si256(q, 1);
-            let q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-            let q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-            let q2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-            let q3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-            let t0 = _mm256_fmadd_ps(
-                q2,
-                _mm256_loadu_ps(xp.add(16)),
-                _mm256_mul_ps(q0, _mm256_loadu_ps(xp)),
-            );
-            let t1 = _mm256_fmadd_ps(
-                q3,
-                _mm256_loadu_ps(xp.add(24)),
-                _mm256_mul_ps(q1, _mm256_loadu_ps(xp.add(8))),
-            );
-            let d = _mm256_broadcastss_ps(d);
-            acc0 = _mm256_fmadd_ps(d, t0, acc0);
-            acc1 = _mm256_fmadd_ps(d, t1, acc1);
-        }
-        hsum(_mm256_add_ps(acc0, acc1))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(row: &[u8], x: &[f32], xs: &[f32]) -> f32 {
-        let nb = x.len() / 32;
-        let mask = _mm_set1_epi8(0x0f);
-        // Two accumulators and two product chains per block keep the FMA pipes busy instead
-        // of waiting on one long dependency chain.
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut macc = _mm_setzero_ps();
-        for b in 0..nb {
-            let p = row.as_ptr().add(b * 20);
-            // d and m are adjacent f16s: convert both at once.
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-            let q = _mm_loadu_si128(p.add(4) as *const __m128i);
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let xp = x.as_ptr().add(b * 32);
-            let l0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-            let l1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-            let h0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-            let h1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-            let t0 = _mm256_fmadd_ps(
-                h0,
-                _mm256_loadu_ps(xp.add(16)),
-                _mm256_mul_ps(l0, _mm256_loadu_ps(xp)),
-            );
-            let t1 = _mm256_fmadd_ps(
-                h1,
-                _mm256_loadu_ps(xp.add(24)),
-                _mm256_mul_ps(l1, _mm256_loadu_ps(xp.add(8))),
-            );
-            let d = _mm256_broadcastss_ps(dm);
-            acc0 = _mm256_fmadd_ps(d, t0, acc0);
-            acc1 = _mm256_fmadd_ps(d, t1, acc1);
-            // m · Σx for this block, accumulated in lane 1.
-            macc = _mm_fmadd_ps(dm, _mm_set1_ps(*xs.get_unchecked(b)), macc);
-        }
-        let m: [f32; 4] = std::mem::transmute(macc);
-        hsum(_mm256_add_ps(acc0, acc1)) + m[1]
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::act::Activation;
     use super::*;
     use crate::quant::{dequantize_row, quantize_row, random_rows, ALL_DTYPES};
     use rand::{Rng, SeedableRng};
@@ -299,33 +187,142 @@ pub(crate) mod tests {
         })
     }
 
+    type DotFn = Box<dyn Fn(&[u8], &Activation) -> f32>;
+
+    /// Every kernel this CPU can run for `dtype` besides the portable one: what `Dot::new`
+    /// picks, and each integer kernel by name, so that a CPU with VNNI tests the AVX2 ones too.
+    fn simd_dots(dtype: DType) -> Vec<(&'static str, DotFn)> {
+        let dot = Dot::new(dtype);
+        let mut all: Vec<(&'static str, DotFn)> =
+            vec![("Dot::new", Box::new(move |r, a| dot.dot(r, a)))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::super::dot_int::{avx2, vnni};
+            let mut add = |name, kernel: Option<IntKernel>| {
+                if let Some(k) = kernel {
+                    // SAFETY: only kernels whose instruction sets the CPU reports.
+                    all.push((name, Box::new(move |r, a| unsafe { k(r, a) })));
+                }
+            };
+            if simd_available() {
+                add("avx2", avx2::kernel(dtype));
+            }
+            if simd_available() && vnni_available() {
+                add("vnni", vnni::kernel(dtype));
+            }
+        }
+        all
+    }
+
+    /// `row · x` in f64 from the dequantized row, and Σ|wᵢ·xᵢ|.
+    fn reference(dtype: DType, row: &[u8], x: &[f32]) -> (f64, f64) {
+        let mut deq = vec![0f32; x.len()];
+        dequantize_row(dtype, row, &mut deq);
+        let want = deq
+            .iter()
+            .zip(x)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let mag = deq.iter().zip(x).map(|(a, b)| (a * b).abs() as f64).sum();
+        (want, mag)
+    }
+
+    /// The bytes of each block that hold a format's unsigned integers, for the formats whose
+    /// integer kernels multiply those integers as they are and take the zero point (bias or
+    /// minimum) out in f32.
+    fn integer_bytes(dtype: DType) -> Option<std::ops::Range<usize>> {
+        Some(match dtype {
+            DType::Q4_0 | DType::Q5_0 => 2..dtype.block_bytes(),
+            DType::Q4_1 | DType::Q5_1 => 4..dtype.block_bytes(),
+            DType::Q4K | DType::Q5K => 16..dtype.block_bytes(),
+            DType::Q6K => 0..192,
+            _ => return None,
+        })
+    }
+
+    /// What rounding the activation to its integer copy may move `row · x` by: 3/4 of a step
+    /// of each element's block (see `act.rs`) times the integer part of its weight,
+    /// `w - w(q = 0)`.
+    pub(crate) fn rounding_bound(dtype: DType, row: &[u8], a: &Activation) -> f64 {
+        let mut w = vec![0f32; a.x.len()];
+        dequantize_row(dtype, row, &mut w);
+        let mut w0 = vec![0f32; a.x.len()];
+        if let Some(ints) = integer_bytes(dtype) {
+            let mut zeroed = row.to_vec();
+            for b in zeroed.chunks_exact_mut(dtype.block_bytes()) {
+                b[ints.clone()].fill(0);
+            }
+            dequantize_row(dtype, &zeroed, &mut w0);
+        }
+        w.iter()
+            .zip(&w0)
+            .enumerate()
+            .map(|(i, (w, w0))| 0.75 * ((w - w0).abs() * a.scales[i / 32]) as f64)
+            .sum()
+    }
+
     #[test]
     fn simd_matches_portable_and_dequantized() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for dtype in ALL_DTYPES {
             for cols in [256usize, 512, 768, 1536, 2048] {
-                let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                // An outlier, as real activations have, that sets its block's scale.
+                x[cols / 3] = 40.0;
                 let row = test_row(&mut rng, dtype, cols);
-                let mut deq = vec![0f32; cols];
-                dequantize_row(dtype, &row, &mut deq);
-                let want: f64 = deq
-                    .iter()
-                    .zip(&x)
-                    .map(|(a, b)| (*a as f64) * (*b as f64))
-                    .sum();
-                let xs = block_sums(&x);
-                let p = Dot::portable(dtype).dot(&row, &x, &xs);
-                let s = Dot::new(dtype).dot(&row, &x, &xs);
-                let mag: f64 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum();
+                let (want, mag) = reference(dtype, &row, &x);
+                let a = Activation::new(&x);
+                let p = Dot::portable(dtype).dot(&row, &a);
                 let tol = 1e-5 * mag + 1e-4;
                 assert!(
                     ((p as f64) - want).abs() < tol,
                     "{dtype:?} {cols}: portable {p} vs {want}"
                 );
-                assert!(
-                    ((s as f64) - want).abs() < tol,
-                    "{dtype:?} {cols}: simd {s} vs {want}"
-                );
+                let simd_tol = tol + rounding_bound(dtype, &row, &a);
+                for (name, dot) in simd_dots(dtype) {
+                    let s = dot(&row, &a);
+                    assert!(
+                        ((s as f64) - want).abs() < simd_tol,
+                        "{dtype:?} {cols}: {name} {s} vs {want} (tolerance {simd_tol})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The extremes of both operands: weights at their largest magnitude (Q8_0's -128) against
+    /// activations at ±amax, where a 16-bit pair sum would overflow if the integer copy were
+    /// one bit wider.
+    #[test]
+    fn extreme_weights_and_activations_do_not_saturate() {
+        for dtype in ALL_DTYPES {
+            let (n, bytes) = (dtype.block_len(), dtype.block_bytes());
+            if n < 32 {
+                continue;
+            }
+            for fill in [0x00u8, 0x80, 0xff, 0x77] {
+                let mut row = vec![fill; 2 * bytes];
+                // Keep scales finite and positive: f16 1.0 wherever a format keeps one first.
+                for b in row.chunks_exact_mut(bytes) {
+                    if !matches!(dtype, DType::Q6K | DType::Q2K | DType::Q3K) {
+                        b[0] = 0x00;
+                        b[1] = 0x3c;
+                    }
+                }
+                for sign in [1f32, -1.0] {
+                    let x: Vec<f32> = (0..2 * n).map(|i| sign * (1.0 + (i % 2) as f32)).collect();
+                    let (want, mag) = reference(dtype, &row, &x);
+                    if !want.is_finite() {
+                        continue;
+                    }
+                    let a = Activation::new(&x);
+                    let s = Dot::new(dtype).dot(&row, &a) as f64;
+                    let tol = 1e-5 * mag + 1e-4 + rounding_bound(dtype, &row, &a);
+                    assert!(
+                        (s - want).abs() <= tol,
+                        "{dtype:?} {fill:#x} {sign}: {s} vs {want}"
+                    );
+                }
             }
         }
     }

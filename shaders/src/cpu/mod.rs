@@ -2,8 +2,11 @@
 //!
 //! Threads come from one process-wide pool ([`pool`]); `--threads N` sizes it.
 
+mod act;
 mod attention;
 mod dot;
+#[cfg(target_arch = "x86_64")]
+mod dot_int;
 #[cfg(target_arch = "x86_64")]
 mod dot_x86;
 mod matmul;
@@ -11,8 +14,9 @@ mod ops;
 mod pool;
 
 pub use crate::quant::{dequantize_row, quantize_row};
+pub use act::Activation;
 pub use attention::{attention, AttnShape};
-pub use dot::{block_sums, Dot};
+pub use dot::Dot;
 pub use matmul::{matmul, matmul_many};
 pub use ops::{add, add_rows, gelu_mul, gelu_tanh, rmsnorm, rope, rope_inv_freq, scale, silu_mul};
 pub use pool::{pool, set_threads};
