@@ -48,6 +48,20 @@ fn hop_cost(r: &NodeRecord, rtt: Duration) -> f64 {
     rtt.as_secs_f64() + compute + penalty
 }
 
+/// The block count most of `records` give their model (the smallest among equals); 0 without
+/// records. A record that says otherwise describes another model under the same id, or lies,
+/// and is left out of routes.
+pub fn agreed_blocks(records: &[NodeRecord]) -> u32 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for r in records {
+        *counts.entry(r.blocks).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(blocks, n)| (n, std::cmp::Reverse(blocks)))
+        .map_or(0, |(blocks, _)| blocks)
+}
+
 /// The stages no record serves.
 pub fn uncovered(records: &[NodeRecord], blocks: u32) -> Vec<Stage> {
     let mut served = vec![false; blocks as usize];
@@ -204,5 +218,15 @@ mod tests {
             uncovered(&[rec("x", 1, 29, 1.0)], 30),
             vec![Stage::Embed, Stage::Block(0), Stage::Block(29), Stage::Head]
         );
+    }
+
+    #[test]
+    fn the_block_count_most_records_give_wins() {
+        let mut odd = rec("liar", 0, 10, 1.0);
+        odd.blocks = 4000;
+        let records = vec![odd.clone(), rec("a", 0, 10, 1.0), rec("b", 10, 30, 1.0)];
+        assert_eq!(agreed_blocks(&records), 30);
+        assert_eq!(agreed_blocks(&[odd]), 4000);
+        assert_eq!(agreed_blocks(&[]), 0);
     }
 }

@@ -15,7 +15,7 @@ use baton_protocol::wire::{GetModelInfo, Message, ModelInfo};
 use libp2p::Multiaddr;
 
 use crate::remote::{Hop, RemoteSession};
-use crate::route::{plan, PlannedHop, RouteError};
+use crate::route::{agreed_blocks, plan, PlannedHop, RouteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
@@ -198,8 +198,13 @@ impl SwarmClient {
             .into_iter()
             .filter(|r| rtt.contains_key(&r.peer_id))
             .collect();
-        let blocks = reachable.first().map_or(0, |r| r.blocks);
-        Ok((id, plan(&reachable, blocks, &rtt)?))
+        // Records that disagree on the model's size are left out.
+        let blocks = agreed_blocks(&reachable);
+        let agreeing: Vec<NodeRecord> = reachable
+            .into_iter()
+            .filter(|r| r.blocks == blocks)
+            .collect();
+        Ok((id, plan(&agreeing, blocks, &rtt)?))
     }
 
     /// The tokenizer of model `id`, from a node that holds `embed`, checked against the id.

@@ -10,6 +10,9 @@ use crate::{Span, PROTOCOL_VERSION};
 
 /// The most bytes a signed record may take on the DHT.
 pub const MAX_RECORD_BYTES: usize = 16 << 10;
+/// The most blocks a model may have (the largest models today have under 200): whoever reads a
+/// record may size a table by its block count.
+pub const MAX_BLOCKS: u32 = 4096;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -56,6 +59,10 @@ pub enum RecordError {
     TextTooLong,
     #[error("record speaks protocol {0}, this build speaks {PROTOCOL_VERSION}")]
     Version(u32),
+    #[error(
+        "record says span {start}..{end} of a model of {blocks} blocks (at most {MAX_BLOCKS})"
+    )]
+    Span { start: u32, end: u32, blocks: u32 },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -90,7 +97,8 @@ impl NodeRecord {
         encode(self)
     }
 
-    /// Decodes and checks the fields' sizes and the protocol version.
+    /// Decodes and checks the fields' sizes, the protocol version, and that the span is a
+    /// non-empty part of a model of at most [`MAX_BLOCKS`] blocks.
     pub fn decode(bytes: &[u8]) -> Result<NodeRecord, RecordError> {
         let r: NodeRecord = decode(bytes)?;
         let texts = [
@@ -109,6 +117,10 @@ impl NodeRecord {
         }
         if r.protocol_version != PROTOCOL_VERSION {
             return Err(RecordError::Version(r.protocol_version));
+        }
+        let (start, end, blocks) = (r.span.start, r.span.end, r.blocks);
+        if blocks == 0 || blocks > MAX_BLOCKS || start >= end || end > blocks {
+            return Err(RecordError::Span { start, end, blocks });
         }
         Ok(r)
     }
@@ -181,5 +193,36 @@ mod tests {
             SignedRecord::decode(&vec![0; MAX_RECORD_BYTES + 1]),
             Err(RecordError::TooLarge(_))
         ));
+    }
+
+    /// A record claiming a huge model, or a span outside its model, never reaches anyone who
+    /// would size a table by it: `baton swarm` once aborted allocating per block of
+    /// `blocks = u32::MAX`.
+    #[test]
+    fn absurd_block_counts_and_spans_are_refused() {
+        for (start, end, blocks) in [
+            (0, 10, u32::MAX),
+            (0, 10, MAX_BLOCKS + 1),
+            (0, 31, 30),
+            (10, 10, 30),
+            (u32::MAX - 1, u32::MAX, u32::MAX),
+            (0, 1, 0),
+        ] {
+            let mut r = record();
+            r.span = Span { start, end };
+            r.blocks = blocks;
+            assert_eq!(
+                NodeRecord::decode(&r.encode().unwrap()),
+                Err(RecordError::Span { start, end, blocks }),
+                "{start}..{end} of {blocks}"
+            );
+        }
+        let mut largest = record();
+        largest.blocks = MAX_BLOCKS;
+        largest.span = Span {
+            start: 0,
+            end: MAX_BLOCKS,
+        };
+        assert!(NodeRecord::decode(&largest.encode().unwrap()).is_ok());
     }
 }

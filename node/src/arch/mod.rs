@@ -100,7 +100,10 @@ impl ModelConfig {
             return Err(bad("a dimension of the model is zero".into()));
         }
         // Bound everything a load sizes an allocation or a loop by.
-        if self.layers > 4096 || self.heads > 1024 || self.hidden > 1 << 20 || self.vocab > 1 << 24
+        if self.layers > baton_protocol::record::MAX_BLOCKS as usize
+            || self.heads > 1024
+            || self.hidden > 1 << 20
+            || self.vocab > 1 << 24
         {
             return Err(bad(format!(
                 "implausible dimensions: {} layers, {} heads, hidden {}, vocabulary {}",
@@ -199,6 +202,15 @@ impl ModelConfig {
         match &self.arch {
             Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => llama::load_block(model, self, i, backend),
             Arch::Gemma3(g) => gemma3::load_block(model, self, g, i, backend),
+        }
+    }
+
+    /// The sliding window of layer `layer`: a query at `p` sees `p - window + 1 ..= p`; 0 for a
+    /// layer that sees every position.
+    pub fn window(&self, layer: usize) -> usize {
+        match &self.arch {
+            Arch::Gemma3(g) if g.is_local(layer) => g.sliding_window,
+            _ => 0,
         }
     }
 
