@@ -77,15 +77,15 @@ async fn main() {
     for _ in 0..rounds {
         // One process.
         let mut cache = whole.new_cache().unwrap();
-        let l = whole
-            .run_step(&mut cache, SpanInput::Tokens(&prompt), Logits::Last)
+        let l = cache
+            .run_step(SpanInput::Tokens(&prompt), Logits::Last)
             .unwrap();
         let mut next = baton_node::sampling::argmax(&l);
         let t0 = Instant::now();
         for _ in 0..tokens {
             let s = Instant::now();
-            let l = whole
-                .forward(&mut cache, SpanInput::Tokens(&[next]), Logits::Last)
+            let l = cache
+                .forward(SpanInput::Tokens(&[next]), Logits::Last)
                 .unwrap();
             local_steps.push(s.elapsed().as_secs_f64());
             next = baton_node::sampling::argmax(&l);

@@ -213,7 +213,7 @@ pub fn generate(
     let start = Instant::now();
     let vocab = engine.vocab();
     let mut cache = engine.new_cache()?;
-    let mut last = engine.run_step(&mut cache, SpanInput::Tokens(prompt), Logits::Last)?;
+    let mut last = cache.run_step(SpanInput::Tokens(prompt), Logits::Last)?;
     let mut sampler = Sampler::new(params);
     let mut out = Output::new(tok, max_tokens, engine.context());
     let mut ttft = None;
@@ -224,7 +224,7 @@ pub fn generate(
         if let Some(stop) = out.accept(next, cache.pos(), on_text) {
             break stop;
         }
-        last = engine.forward(&mut cache, SpanInput::Tokens(&[next]), Logits::Last)?;
+        last = cache.forward(SpanInput::Tokens(&[next]), Logits::Last)?;
         decode_steps += 1;
     };
     let mut g = out.finish(prompt.len(), start, ttft.unwrap_or_default(), stop);

@@ -67,6 +67,11 @@ pub enum RunError {
     ContextFull { want: usize, max: usize },
     #[error("an empty step: no tokens")]
     Empty,
+    #[error(
+        "cannot go back to position {pos}: a sliding-window layer no longer holds what it saw \
+         (it holds positions from {held} on)"
+    )]
+    RewindTooFar { pos: usize, held: usize },
     #[error("gpu: {0}")]
     Gpu(#[from] baton_shaders::gpu::GpuError),
     #[error("{0}")]

@@ -213,12 +213,12 @@ fn measure(engine: &Engine) -> Result<f32, Error> {
     let run = |n: usize, cache: &mut crate::Cache| -> Result<(), Error> {
         if engine.has_embed() {
             let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 1000).collect();
-            engine.run_step(cache, SpanInput::Tokens(&ids), Logits::Last)?;
+            cache.run_step(SpanInput::Tokens(&ids), Logits::Last)?;
         } else {
             let h: Vec<f32> = (0..n * engine.hidden())
                 .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
                 .collect();
-            engine.run_step(cache, SpanInput::Hidden(&h), Logits::Last)?;
+            cache.run_step(SpanInput::Hidden(&h), Logits::Last)?;
         }
         Ok(())
     };

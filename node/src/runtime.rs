@@ -1,9 +1,12 @@
 //! A span loaded on the backend the user chose, behind one type, and its sessions' caches.
 
+use std::sync::Arc;
+
 use baton_protocol::Span;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
+use crate::backend::kv::KvPositions;
 use crate::error::{Error, RunError};
 use crate::model::ModelFile;
 use crate::span::{DecoderSpan, Logits, SpanCache, SpanInput};
@@ -49,14 +52,18 @@ impl From<BackendChoice> for EngineOptions {
 /// Tokens per prefill chunk: long prompts run in pieces so that activations stay small.
 pub const PREFILL_CHUNK: usize = 256;
 
+/// A span loaded on one backend.
 pub enum Engine {
-    Cpu(DecoderSpan<CpuBackend>),
-    Gpu(DecoderSpan<GpuBackend>),
+    Cpu(Arc<DecoderSpan<CpuBackend>>),
+    Gpu(Arc<DecoderSpan<GpuBackend>>),
 }
 
+/// One session on one engine: the span it runs on together with the session's KV caches,
+/// built by [`Engine::new_cache`], so that a cache never meets another backend's span. Steps
+/// run through it.
 pub enum Cache {
-    Cpu(SpanCache<CpuBackend>),
-    Gpu(SpanCache<GpuBackend>),
+    Cpu(Arc<DecoderSpan<CpuBackend>>, SpanCache<CpuBackend>),
+    Gpu(Arc<DecoderSpan<GpuBackend>>, SpanCache<GpuBackend>),
 }
 
 /// Calls the same method on whichever span an engine holds.
@@ -65,6 +72,16 @@ macro_rules! each {
         match $engine {
             Engine::Cpu($s) => $body,
             Engine::Gpu($s) => $body,
+        }
+    };
+}
+
+/// The same for a cache: its span `$s` and its KV caches `$c`.
+macro_rules! each_cache {
+    ($cache:expr, $s:ident, $c:ident => $body:expr) => {
+        match $cache {
+            Cache::Cpu($s, $c) => $body,
+            Cache::Gpu($s, $c) => $body,
         }
     };
 }
@@ -90,14 +107,16 @@ impl Engine {
             ),
         };
         Ok(match gpu {
-            None => Engine::Cpu(DecoderSpan::load(model, span, CpuBackend, progress)?),
+            None => Engine::Cpu(Arc::new(DecoderSpan::load(
+                model, span, CpuBackend, progress,
+            )?)),
             Some(gpu) => {
                 let kv_format = match options.kv_dtype {
                     KvDtype::F16 => KvFormat::F16,
                     KvDtype::F32 => KvFormat::F32,
                 };
                 let backend = GpuBackend { gpu, kv_format };
-                Engine::Gpu(DecoderSpan::load(model, span, backend, progress)?)
+                Engine::Gpu(Arc::new(DecoderSpan::load(model, span, backend, progress)?))
             }
         })
     }
@@ -120,88 +139,12 @@ impl Engine {
         each!(self, s => s.span)
     }
 
+    /// A new session's cache on this span.
     pub fn new_cache(&self) -> Result<Cache, RunError> {
         Ok(match self {
-            Engine::Cpu(s) => Cache::Cpu(s.new_cache()?),
-            Engine::Gpu(s) => Cache::Gpu(s.new_cache()?),
+            Engine::Cpu(s) => Cache::Cpu(s.clone(), s.new_cache()?),
+            Engine::Gpu(s) => Cache::Gpu(s.clone(), s.new_cache()?),
         })
-    }
-
-    /// Forgets every position of `cache` from `pos` on.
-    pub fn truncate(&self, cache: &mut Cache, pos: usize) {
-        match (self, cache) {
-            (Engine::Cpu(s), Cache::Cpu(c)) => s.truncate(c, pos),
-            (Engine::Gpu(s), Cache::Gpu(c)) => s.truncate(c, pos),
-            _ => {}
-        }
-    }
-
-    pub fn forward(
-        &self,
-        cache: &mut Cache,
-        input: SpanInput,
-        logits: Logits,
-    ) -> Result<Vec<f32>, RunError> {
-        match (self, cache) {
-            (Engine::Cpu(s), Cache::Cpu(c)) => s.forward(c, input, logits),
-            (Engine::Gpu(s), Cache::Gpu(c)) => s.forward(c, input, logits),
-            _ => Err(RunError::Backend(
-                "a session's cache belongs to another backend".into(),
-            )),
-        }
-    }
-
-    /// Runs `ids` in chunks of [`PREFILL_CHUNK`], handing each chunk's output to `each`.
-    pub fn run_chunked(
-        &self,
-        cache: &mut Cache,
-        input: SpanInput,
-        logits: Logits,
-        each: &mut dyn FnMut(&[f32]),
-    ) -> Result<(), RunError> {
-        // Refuse a step that cannot fit before any chunk of it touches the cache.
-        let tokens = match input {
-            SpanInput::Tokens(ids) => ids.len(),
-            SpanInput::Hidden(h) => h.len() / self.hidden().max(1),
-        };
-        if cache.pos() + tokens > self.context() {
-            return Err(RunError::ContextFull {
-                want: cache.pos() + tokens,
-                max: self.context(),
-            });
-        }
-        match input {
-            SpanInput::Tokens(ids) => {
-                for chunk in ids.chunks(PREFILL_CHUNK) {
-                    each(&self.forward(cache, SpanInput::Tokens(chunk), logits)?);
-                }
-            }
-            SpanInput::Hidden(h) => {
-                for chunk in h.chunks(PREFILL_CHUNK * self.hidden()) {
-                    each(&self.forward(cache, SpanInput::Hidden(chunk), logits)?);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One step of any length, run in chunks as [`Engine::run_chunked`] does: the hidden states
-    /// of every token, or the logits of the last (`Logits::Last`) or of all.
-    pub fn run_step(
-        &self,
-        cache: &mut Cache,
-        input: SpanInput,
-        logits: Logits,
-    ) -> Result<Vec<f32>, RunError> {
-        let keep_last = logits == Logits::Last && self.has_head();
-        let mut out = Vec::new();
-        self.run_chunked(cache, input, logits, &mut |o| {
-            if keep_last {
-                out.clear();
-            }
-            out.extend_from_slice(o);
-        })?;
-        Ok(out)
     }
 
     pub fn has_embed(&self) -> bool {
@@ -217,26 +160,146 @@ impl Engine {
         each!(self, s => s.config.hidden)
     }
 
-    /// Bytes of KV cache one token of a session takes on this span: keys and values of every
-    /// block, in f32 on the CPU and in the cache's format on a GPU.
+    /// Bytes of KV cache one position takes in all the span's layers: keys and values, in f32
+    /// on the CPU and in the cache's format on a GPU.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let per_value = match self {
+        let (blocks, width) = each!(self, s => (s.span.len(), s.config.kv_width()));
+        2 * blocks as usize * width * self.kv_value_bytes()
+    }
+
+    fn kv_value_bytes(&self) -> usize {
+        match self {
             Engine::Cpu(_) => 4,
             Engine::Gpu(s) => match s.backend.kv_format {
                 baton_shaders::gpu::KvFormat::F32 => 4,
                 baton_shaders::gpu::KvFormat::F16 => 2,
             },
-        };
-        let (blocks, width) = each!(self, s => (s.span.len(), s.config.kv_width()));
-        2 * blocks as usize * width * per_value
+        }
+    }
+
+    /// Bytes of KV cache a session of `tokens` positions takes on this span at most: a
+    /// sliding-window layer holds a bounded number of positions however long the session.
+    pub fn kv_bytes(&self, tokens: usize) -> u64 {
+        let (config, span) = each!(self, s => (&s.config, s.span));
+        let per_position = 2 * config.kv_width() * self.kv_value_bytes();
+        (span.start..span.end)
+            .map(|layer| {
+                let window = config.window(layer as usize);
+                let held = KvPositions::most_held(window, PREFILL_CHUNK).unwrap_or(tokens);
+                (tokens.min(held) * per_position) as u64
+            })
+            .sum()
+    }
+
+    /// What admission counts for a session of `tokens` positions: its KV bytes, in positions
+    /// of every layer of the span ([`Engine::kv_bytes_per_token`]).
+    pub fn kv_cost(&self, tokens: usize) -> usize {
+        let per = self.kv_bytes_per_token().max(1) as u64;
+        self.kv_bytes(tokens).div_ceil(per) as usize
+    }
+
+    /// The longest session, up to the context, whose [`Engine::kv_cost`] is at most `cost`.
+    pub fn tokens_within(&self, cost: usize) -> usize {
+        let (mut lo, mut hi) = (0, self.context());
+        if self.kv_cost(hi) <= cost {
+            return hi;
+        }
+        // kv_cost(lo) <= cost < kv_cost(hi); the cost never falls as tokens grow.
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.kv_cost(mid) <= cost {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
 impl Cache {
     pub fn pos(&self) -> usize {
-        match self {
-            Cache::Cpu(c) => c.pos,
-            Cache::Gpu(c) => c.pos,
+        each_cache!(self, _s, c => c.pos)
+    }
+
+    fn context(&self) -> usize {
+        each_cache!(self, s, _c => s.config.context)
+    }
+
+    fn hidden(&self) -> usize {
+        each_cache!(self, s, _c => s.config.hidden)
+    }
+
+    fn has_head(&self) -> bool {
+        each_cache!(self, s, _c => s.has_head())
+    }
+
+    /// Forgets every position from `pos` on (see [`DecoderSpan::truncate`]).
+    pub fn truncate(&mut self, pos: usize) -> Result<(), RunError> {
+        each_cache!(self, s, c => s.truncate(c, pos))
+    }
+
+    /// One step through the span (see [`DecoderSpan::forward`]).
+    pub fn forward(&mut self, input: SpanInput, logits: Logits) -> Result<Vec<f32>, RunError> {
+        each_cache!(self, s, c => s.forward(c, input, logits))
+    }
+
+    /// Runs `input` in chunks of [`PREFILL_CHUNK`], handing each chunk's output to `each`. On
+    /// an error the cache is rolled back to where the step began.
+    pub fn run_chunked(
+        &mut self,
+        input: SpanInput,
+        logits: Logits,
+        each: &mut dyn FnMut(&[f32]),
+    ) -> Result<(), RunError> {
+        // Refuse a step that cannot fit before any chunk of it touches the cache.
+        let tokens = match input {
+            SpanInput::Tokens(ids) => ids.len(),
+            SpanInput::Hidden(h) => h.len() / self.hidden().max(1),
+        };
+        if self.pos() + tokens > self.context() {
+            return Err(RunError::ContextFull {
+                want: self.pos() + tokens,
+                max: self.context(),
+            });
         }
+        let start = self.pos();
+        let run = match input {
+            SpanInput::Tokens(ids) => ids.chunks(PREFILL_CHUNK).try_for_each(|chunk| {
+                each(&self.forward(SpanInput::Tokens(chunk), logits)?);
+                Ok(())
+            }),
+            SpanInput::Hidden(h) => {
+                let width = PREFILL_CHUNK * self.hidden();
+                h.chunks(width).try_for_each(|chunk| {
+                    each(&self.forward(SpanInput::Hidden(chunk), logits)?);
+                    Ok(())
+                })
+            }
+        };
+        // A step that fails partway leaves the cache as it was before it.
+        if let Err(e) = run {
+            if let Err(back) = self.truncate(start) {
+                return Err(RunError::Backend(format!(
+                    "{e}; and the session's KV cache could not be rolled back: {back}"
+                )));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// One step of any length, run in chunks as [`Cache::run_chunked`] does: the hidden states
+    /// of every token, or the logits of the last (`Logits::Last`) or of all.
+    pub fn run_step(&mut self, input: SpanInput, logits: Logits) -> Result<Vec<f32>, RunError> {
+        let keep_last = logits == Logits::Last && self.has_head();
+        let mut out = Vec::new();
+        self.run_chunked(input, logits, &mut |o| {
+            if keep_last {
+                out.clear();
+            }
+            out.extend_from_slice(o);
+        })?;
+        Ok(out)
     }
 }

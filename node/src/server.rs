@@ -46,7 +46,8 @@ pub struct ServerOptions {
     pub name: String,
     pub model_id: String,
     pub max_sessions: usize,
-    /// The most KV tokens all sessions together may reserve.
+    /// The most KV room all sessions together may reserve, in positions of every layer of the
+    /// span (a sliding-window layer's positions cost less: see [`Engine::kv_cost`]).
     pub max_kv_tokens: usize,
     /// A session with no step for this long is closed and its KV cache freed.
     pub idle_timeout: Duration,
@@ -77,9 +78,10 @@ impl ServerOptions {
     }
 }
 
-/// An open session, and the KV tokens it was admitted for (readable while it steps).
+/// An open session, and the KV room it was admitted for (readable while it steps): the
+/// [`Engine::kv_cost`] of its most tokens.
 struct Slot {
-    tokens: usize,
+    cost: usize,
     session: Arc<AsyncMutex<Session>>,
 }
 
@@ -210,17 +212,22 @@ impl Server {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// KV tokens still free for new sessions.
+    /// KV room still free for new sessions, in positions of every layer of the span.
     pub fn kv_tokens_free(&self) -> usize {
-        let reserved: usize = self
-            .sessions
+        self.sessions
             .lock()
-            .map(|s| s.values().map(|x| x.tokens).sum())
-            .unwrap_or(0);
+            .map(|s| self.kv_free_among(&s))
+            .unwrap_or(0)
+    }
+
+    /// KV room left beside `sessions` (the table, read under its lock).
+    fn kv_free_among(&self, sessions: &HashMap<u64, Slot>) -> usize {
+        let reserved: usize = sessions.values().map(|x| x.cost).sum();
+        let longest = self.engine().kv_cost(self.context());
         let cap = self
             .options
             .max_kv_tokens
-            .min(self.options.max_sessions.saturating_mul(self.context()));
+            .min(self.options.max_sessions.saturating_mul(longest));
         cap.saturating_sub(reserved)
     }
 
@@ -501,8 +508,7 @@ impl Server {
                     .session(t.session)
                     .ok_or_else(|| unknown(t.session, t.seq))?;
                 let mut s = s.lock().await;
-                let engine = s.engine.clone();
-                s.truncate(&engine, t.session, t.seq)?;
+                s.truncate(t.session, t.seq)?;
                 let ack = Message::Ack(Ack {
                     session: t.session,
                     seq: s.seq,
@@ -579,9 +585,13 @@ impl Server {
         if self.open_sessions() >= self.options.max_sessions {
             return Err(fail(ErrorCode::Busy, "no room for another session".into()));
         }
+        let cost = engine.kv_cost(o.max_tokens as usize);
         let free = self.kv_tokens_free();
-        if o.max_tokens as usize > free {
-            let msg = format!("no KV room: {} tokens asked, {free} free", o.max_tokens);
+        if cost > free {
+            let msg = format!(
+                "no KV room: {} tokens asked ({cost} positions of every layer), {free} free",
+                o.max_tokens
+            );
             return Err(fail(ErrorCode::Busy, msg));
         }
         let next = match &o.next {
@@ -615,18 +625,16 @@ impl Server {
             });
         }
         // Admission again, under the lock: other sessions may have opened meanwhile.
-        let free = self.kv_tokens_free();
         let admitted = match self.sessions.lock() {
             Ok(mut sessions) => {
+                let free = self.kv_free_among(&sessions);
                 if sessions.contains_key(&o.session) {
                     Err((ErrorCode::Malformed, "the session is already open"))
-                } else if sessions.len() >= self.options.max_sessions
-                    || o.max_tokens as usize > free
-                {
+                } else if sessions.len() >= self.options.max_sessions || cost > free {
                     Err((ErrorCode::Busy, "no room for another session"))
                 } else {
                     let slot = Slot {
-                        tokens: o.max_tokens as usize,
+                        cost,
                         session: Arc::new(AsyncMutex::new(session)),
                     };
                     sessions.insert(o.session, slot);

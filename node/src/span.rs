@@ -105,25 +105,29 @@ impl<B: Backend + 'static> DecoderSpan<B> {
     }
 
     pub fn new_cache(&self) -> Result<SpanCache<B>, RunError> {
-        let layers = self
-            .blocks
-            .iter()
-            .map(|_| {
-                self.backend
-                    .kv_cache(self.config.kv_width(), self.config.context)
+        let c = &self.config;
+        let layers = (self.span.start..self.span.end)
+            .map(|layer| {
+                let window = c.window(layer as usize);
+                self.backend.kv_cache(c.kv_width(), c.context, window)
             })
             .collect::<Result<_, _>>()?;
         Ok(SpanCache { layers, pos: 0 })
     }
 
-    /// Forgets every position of the cache from `pos` on.
-    pub fn truncate(&self, cache: &mut SpanCache<B>, pos: usize) {
+    /// Forgets every position of the cache from `pos` on. Refused, with nothing changed, where
+    /// a sliding-window layer no longer holds what a query at `pos` sees.
+    pub fn truncate(&self, cache: &mut SpanCache<B>, pos: usize) -> Result<(), RunError> {
         if pos < cache.pos {
-            for kv in &mut cache.layers {
-                self.backend.kv_truncate(kv, pos);
+            // Window layers refuse before anything moves; the others always can.
+            let mut order: Vec<usize> = (0..cache.layers.len()).collect();
+            order.sort_by_key(|&i| self.config.window(self.span.start as usize + i) == 0);
+            for i in order {
+                self.backend.kv_truncate(&mut cache.layers[i], pos)?;
             }
             cache.pos = pos;
         }
+        Ok(())
     }
 
     /// Runs one step through the span and appends to the session's KV cache. Returns the hidden

@@ -32,7 +32,9 @@ fn prompt_ids_match_the_reference_tokenizer() {
 /// tail)`, a case longer than `len` is cut to its first `len` tokens (a causal model's logits
 /// there do not depend on what follows), prefilled returning the last row only, and checked on
 /// its last `tail` positions: software GPUs are slow at long prompts and 262,144-row heads.
-fn check_backend(choice: BackendChoice, tol: f32, cut: Option<(usize, usize)>) {
+/// With `decode`, the checked positions go through one token per step, as generation does
+/// (on the CPU, the integer-activation kernels); otherwise as one prefill.
+fn check_backend(choice: BackendChoice, tol: f32, cut: Option<(usize, usize)>, decode: bool) {
     let model = ModelFile::open(&gemma_model()).unwrap();
     let vocab = model.config.vocab;
     let layers = model.config.layers as u32;
@@ -44,31 +46,29 @@ fn check_backend(choice: BackendChoice, tol: f32, cut: Option<(usize, usize)>) {
             _ => (case.all_ids.len(), 0),
         };
         if first > 0 {
-            engine
-                .run_step(
-                    &mut cache,
-                    SpanInput::Tokens(&case.all_ids[..first]),
-                    Logits::Last,
-                )
+            cache
+                .run_step(SpanInput::Tokens(&case.all_ids[..first]), Logits::Last)
                 .unwrap();
         }
         // (top-1, logits of the reference's top-5) per position from `first` on
         let mut seen: Vec<(u32, [f32; 5])> = Vec::new();
-        engine
-            .run_chunked(
-                &mut cache,
-                SpanInput::Tokens(&case.all_ids[first..n]),
-                Logits::All,
-                &mut |chunk| {
-                    for row in chunk.chunks_exact(vocab) {
-                        let p = first + seen.len();
-                        let top = baton_node::sampling::top_k(row, 1)[0].0;
-                        let five = case.top5_ids[p].map(|id| row[id as usize]);
-                        seen.push((top, five));
-                    }
-                },
-            )
-            .unwrap();
+        let mut take = |chunk: &[f32]| {
+            for row in chunk.chunks_exact(vocab) {
+                let p = first + seen.len();
+                let top = baton_node::sampling::top_k(row, 1)[0].0;
+                let five = case.top5_ids[p].map(|id| row[id as usize]);
+                seen.push((top, five));
+            }
+        };
+        if decode {
+            for id in &case.all_ids[first..n] {
+                let step = SpanInput::Tokens(std::slice::from_ref(id));
+                take(&cache.run_step(step, Logits::Last).unwrap());
+            }
+        } else {
+            let input = SpanInput::Tokens(&case.all_ids[first..n]);
+            cache.run_chunked(input, Logits::All, &mut take).unwrap();
+        }
         assert_eq!(first + seen.len(), n);
         let worst = check_case(
             &case,
@@ -83,21 +83,29 @@ fn check_backend(choice: BackendChoice, tol: f32, cut: Option<(usize, usize)>) {
         )
         .unwrap_or_else(|e| panic!("{}: {e}", engine.describe()));
         eprintln!(
-            "{} {} (positions {first}..{n}): worst top-5 logit difference {worst:.4}",
+            "{} {} ({} positions {first}..{n}): worst top-5 logit difference {worst:.4}",
             engine.describe(),
             case.name,
+            if decode { "decode" } else { "prefill" },
         );
     }
 }
 
 #[test]
 fn cpu_matches_the_reference_logits() {
-    check_backend(BackendChoice::Cpu, 0.05, None);
+    check_backend(BackendChoice::Cpu, 0.05, None, false);
+}
+
+/// Decode, one token per step, past the sliding window: the long case cut to 1,000 tokens and
+/// its last 250 decoded, while the local layers drop the positions no query sees any more.
+#[test]
+fn cpu_decode_matches_the_reference_logits() {
+    check_backend(BackendChoice::Cpu, 0.05, Some((1000, 250)), true);
 }
 
 /// Every position of the short cases; the long one cut to 600 tokens and checked on its last
 /// 24, past the 512-token sliding window.
 #[test]
 fn wgpu_matches_the_reference_logits() {
-    check_backend(BackendChoice::Wgpu, 0.05, Some((600, 24)));
+    check_backend(BackendChoice::Wgpu, 0.05, Some((600, 24)), false);
 }

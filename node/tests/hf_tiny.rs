@@ -44,16 +44,12 @@ fn check_folder(
     // Prefill in two pieces, then decode the rest one by one: every path of the runtime.
     let mut got = Vec::new();
     for part in [&ids[..20], &ids[20..30]] {
-        got.extend(
-            engine
-                .forward(&mut cache, SpanInput::Tokens(part), Logits::All)
-                .unwrap(),
-        );
+        got.extend(cache.forward(SpanInput::Tokens(part), Logits::All).unwrap());
     }
     for id in &ids[30..] {
         got.extend(
-            engine
-                .forward(&mut cache, SpanInput::Tokens(&[*id]), Logits::Last)
+            cache
+                .forward(SpanInput::Tokens(&[*id]), Logits::Last)
                 .unwrap(),
         );
     }

@@ -48,8 +48,8 @@ fn a_good_file_loads_and_runs_in_every_format() {
         );
         let engine = load(&p).unwrap();
         let mut cache = engine.new_cache().unwrap();
-        let out = engine
-            .forward(&mut cache, SpanInput::Tokens(&[1, 5, 9]), Logits::All)
+        let out = cache
+            .forward(SpanInput::Tokens(&[1, 5, 9]), Logits::All)
             .unwrap();
         assert_eq!(out.len(), 3 * V);
         assert!(out.iter().all(|v| v.is_finite()));
@@ -68,19 +68,19 @@ fn a_good_file_loads_and_runs_in_every_format() {
     // Tokens outside the vocabulary and a context overflow are errors, not panics.
     let engine = load(&dir.join("m.gguf")).unwrap();
     let mut cache = engine.new_cache().unwrap();
-    assert!(engine
-        .forward(&mut cache, SpanInput::Tokens(&[V as u32]), Logits::Last)
+    assert!(cache
+        .forward(SpanInput::Tokens(&[V as u32]), Logits::Last)
         .is_err());
     let long = vec![1u32; 65];
-    assert!(engine
-        .forward(&mut cache, SpanInput::Tokens(&long), Logits::Last)
+    assert!(cache
+        .forward(SpanInput::Tokens(&long), Logits::Last)
         .is_err());
     // A step too long for the context is refused whole: the cache is left as it was.
-    engine
-        .forward(&mut cache, SpanInput::Tokens(&[1, 2]), Logits::Last)
+    cache
+        .forward(SpanInput::Tokens(&[1, 2]), Logits::Last)
         .unwrap();
     let too_long = vec![1u32; 63];
-    let step = engine.run_step(&mut cache, SpanInput::Tokens(&too_long), Logits::Last);
+    let step = cache.run_step(SpanInput::Tokens(&too_long), Logits::Last);
     assert!(step.is_err());
     assert_eq!(cache.pos(), 2);
 }

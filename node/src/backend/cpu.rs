@@ -2,6 +2,7 @@
 
 use baton_shaders::cpu::{self, AttnShape};
 
+use super::kv::KvPositions;
 use super::Backend;
 use crate::error::RunError;
 use crate::model::TensorRef;
@@ -15,9 +16,11 @@ pub struct CpuAct {
 }
 
 pub struct CpuKv {
+    /// Keys and values of positions `at.base..at.end`.
     k: Vec<f32>,
     v: Vec<f32>,
     width: usize,
+    at: KvPositions,
 }
 
 impl Backend for CpuBackend {
@@ -38,17 +41,20 @@ impl Backend for CpuBackend {
         Ok(v.to_vec())
     }
 
-    fn kv_cache(&self, width: usize, _capacity: usize) -> Result<CpuKv, RunError> {
+    fn kv_cache(&self, width: usize, _capacity: usize, window: usize) -> Result<CpuKv, RunError> {
         Ok(CpuKv {
             k: Vec::new(),
             v: Vec::new(),
             width,
+            at: KvPositions::new(window),
         })
     }
 
-    fn kv_truncate(&self, kv: &mut CpuKv, tokens: usize) {
-        kv.k.truncate(tokens * kv.width);
-        kv.v.truncate(tokens * kv.width);
+    fn kv_truncate(&self, kv: &mut CpuKv, tokens: usize) -> Result<(), RunError> {
+        kv.at.truncate(tokens)?;
+        kv.k.truncate(kv.at.len() * kv.width);
+        kv.v.truncate(kv.at.len() * kv.width);
+        Ok(())
     }
 
     fn upload(&self, x: &[f32], width: usize) -> Result<CpuAct, RunError> {
@@ -140,16 +146,21 @@ impl Backend for CpuBackend {
         pos0: usize,
         shape: &AttnShape,
     ) -> Result<CpuAct, RunError> {
-        if kv.k.len() != pos0 * kv.width || k.width != kv.width || v.width != kv.width {
+        if k.width != kv.width || v.width != kv.width {
             return Err(RunError::Backend(format!(
-                "the KV cache holds {} positions, not {pos0}",
-                kv.k.len() / kv.width.max(1)
+                "keys {} and values {} wide for a KV cache {} wide",
+                k.width, v.width, kv.width
             )));
         }
+        let drop = kv.at.append(pos0, self.tokens(k))?;
+        kv.k.drain(..drop * kv.width);
+        kv.v.drain(..drop * kv.width);
         kv.k.extend_from_slice(&k.data);
         kv.v.extend_from_slice(&v.data);
         let mut out = vec![0f32; q.data.len()];
-        cpu::attention(&q.data, &kv.k, &kv.v, pos0, shape, &mut out);
+        // Positions relative to the first held: attention depends on differences only.
+        let rel = pos0 - kv.at.base;
+        cpu::attention(&q.data, &kv.k, &kv.v, rel, shape, &mut out);
         Ok(CpuAct {
             data: out,
             width: q.width,

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use baton_shaders::cpu::AttnShape;
 use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor, KvFormat};
 
+use super::kv::KvPositions;
 use super::Backend;
 use crate::error::RunError;
 use crate::model::TensorRef;
+use crate::runtime::PREFILL_CHUNK;
 
 pub struct GpuBackend {
     pub gpu: Arc<Gpu>,
@@ -23,11 +25,15 @@ pub struct GpuAct {
 /// One layer's keys and values, `[capacity, width]` each in the backend's [`KvFormat`], grown
 /// by doubling.
 pub struct GpuKv {
+    /// Keys and values of positions `at.base..at.end`, from the start of the buffers.
     k: GpuTensor,
     v: GpuTensor,
     width: usize,
+    /// Positions the buffers have room for.
     capacity: usize,
+    /// The most positions a session can need at once.
     max: usize,
+    at: KvPositions,
 }
 
 impl GpuBackend {
@@ -35,17 +41,21 @@ impl GpuBackend {
         GpuAct { t, width }
     }
 
-    fn grow(&self, kv: &mut GpuKv, need: usize, used: usize) {
-        if need <= kv.capacity {
+    /// Makes room for `need` positions when `used` are held, the first `drop` of which go:
+    /// new buffers, into which the kept positions are copied (a buffer cannot be copied onto
+    /// itself).
+    fn make_room(&self, kv: &mut GpuKv, need: usize, used: usize, drop: usize) {
+        if need <= kv.capacity && drop == 0 {
             return;
         }
         let capacity = need.next_power_of_two().max(256).min(kv.max.max(need));
         // 32-bit words: two f16 values or one f32 each.
         let words = |n: usize| self.kv_format.words(n * kv.width);
         for t in [&mut kv.k, &mut kv.v] {
-            let bigger = self.gpu.zeros(words(capacity));
-            self.gpu.copy(&t.buf, 0, &bigger.buf, 0, words(used));
-            *t = bigger;
+            let fresh = self.gpu.zeros(words(capacity));
+            self.gpu
+                .copy(&t.buf, words(drop), &fresh.buf, 0, words(used - drop));
+            *t = fresh;
         }
         kv.capacity = capacity;
     }
@@ -70,15 +80,20 @@ impl Backend for GpuBackend {
     }
 
     /// Positions past the session's are never read and are overwritten by the next step.
-    fn kv_truncate(&self, _kv: &mut GpuKv, _tokens: usize) {}
+    fn kv_truncate(&self, kv: &mut GpuKv, tokens: usize) -> Result<(), RunError> {
+        kv.at.truncate(tokens)
+    }
 
-    fn kv_cache(&self, width: usize, capacity: usize) -> Result<GpuKv, RunError> {
+    fn kv_cache(&self, width: usize, capacity: usize, window: usize) -> Result<GpuKv, RunError> {
+        let max =
+            KvPositions::most_held(window, PREFILL_CHUNK).map_or(capacity, |m| m.min(capacity));
         Ok(GpuKv {
             k: self.gpu.zeros(0),
             v: self.gpu.zeros(0),
             width,
             capacity: 0,
-            max: capacity,
+            max,
+            at: KvPositions::new(window),
         })
     }
 
@@ -147,13 +162,17 @@ impl Backend for GpuBackend {
         shape: &AttnShape,
     ) -> Result<GpuAct, RunError> {
         let tokens = self.tokens(k);
-        self.grow(kv, pos0 + tokens, pos0);
+        let used = kv.at.len();
+        let drop = kv.at.append(pos0, tokens)?;
+        self.make_room(kv, kv.at.len(), used, drop);
+        // Positions relative to the first held: attention depends on differences only.
+        let rel = pos0 - kv.at.base;
         let f = self.kv_format;
-        self.gpu.kv_store(&k.t, &kv.k.buf, pos0 * kv.width, f);
-        self.gpu.kv_store(&v.t, &kv.v.buf, pos0 * kv.width, f);
+        self.gpu.kv_store(&k.t, &kv.k.buf, rel * kv.width, f);
+        self.gpu.kv_store(&v.t, &kv.v.buf, rel * kv.width, f);
         let out = self
             .gpu
-            .attention(&q.t, &kv.k.buf, &kv.v.buf, pos0, shape, f)?;
+            .attention(&q.t, &kv.k.buf, &kv.v.buf, rel, shape, f)?;
         Ok(self.act(out, q.width))
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod kv;
 
 use baton_shaders::cpu::AttnShape;
 
@@ -25,9 +26,12 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
     fn weight(&self, t: &TensorRef) -> Result<Self::Weight, RunError>;
     fn vector(&self, v: &[f32]) -> Result<Self::Vector, RunError>;
-    fn kv_cache(&self, width: usize, capacity: usize) -> Result<Self::Kv, RunError>;
-    /// Forgets every position from `tokens` on.
-    fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize);
+    /// One layer's cache of keys and values `width` wide, for a session of up to `capacity`
+    /// positions, in a layer whose queries see the last `window` positions (0: all of them).
+    fn kv_cache(&self, width: usize, capacity: usize, window: usize) -> Result<Self::Kv, RunError>;
+    /// Forgets every position from `tokens` on; refused where a window layer no longer holds
+    /// what a query there sees.
+    fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize) -> Result<(), RunError>;
 
     fn upload(&self, x: &[f32], width: usize) -> Result<Self::Act, RunError>;
     fn download(&self, x: &Self::Act) -> Result<Vec<f32>, RunError>;

@@ -42,17 +42,14 @@ fn one_run(
     let mut cache = engine.new_cache()?;
     let t0 = Instant::now();
     let mut last = Vec::new();
-    engine.run_chunked(
-        &mut cache,
-        SpanInput::Tokens(prompt),
-        Logits::Last,
-        &mut |l| last = l.to_vec(),
-    )?;
+    cache.run_chunked(SpanInput::Tokens(prompt), Logits::Last, &mut |l| {
+        last = l.to_vec()
+    })?;
     let prefill = t0.elapsed().as_secs_f64();
     let mut next = top_k(&last[last.len() - vocab..], 1)[0].0;
     let t1 = Instant::now();
     for _ in 0..gen {
-        let l = engine.forward(&mut cache, SpanInput::Tokens(&[next]), Logits::Last)?;
+        let l = cache.forward(SpanInput::Tokens(&[next]), Logits::Last)?;
         next = top_k(&l, 1)[0].0;
     }
     Ok((prefill, t1.elapsed().as_secs_f64()))

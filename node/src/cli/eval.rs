@@ -75,20 +75,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut positions = Vec::with_capacity(ids.len());
     let mut nll = 0f64;
     let mut pos = 0usize;
-    engine.run_chunked(
-        &mut cache,
-        SpanInput::Tokens(&ids),
-        Logits::All,
-        &mut |logits| {
-            for row in logits.chunks_exact(vocab) {
-                if let Some(next) = ids.get(pos + 1) {
-                    nll -= log_prob(row, *next as usize) as f64;
-                }
-                positions.push(top_k(row, a.top_k));
-                pos += 1;
+    cache.run_chunked(SpanInput::Tokens(&ids), Logits::All, &mut |logits| {
+        for row in logits.chunks_exact(vocab) {
+            if let Some(next) = ids.get(pos + 1) {
+                nll -= log_prob(row, *next as usize) as f64;
             }
-        },
-    )?;
+            positions.push(top_k(row, a.top_k));
+            pos += 1;
+        }
+    })?;
     let ppl = (ids.len() > 1).then(|| (nll / (ids.len() - 1) as f64).exp());
     let show = |id: u32| tokenizer.as_ref().map(|t| t.token(id)).unwrap_or_default();
     if a.json {

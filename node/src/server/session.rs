@@ -88,7 +88,7 @@ impl Session {
     }
 
     /// Forgets step `seq` and every later one, if they ran.
-    pub fn truncate(&mut self, engine: &Engine, id: u64, seq: u64) -> Result<(), ErrorMsg> {
+    pub fn truncate(&mut self, id: u64, seq: u64) -> Result<(), ErrorMsg> {
         if seq >= self.seq {
             return Ok(());
         }
@@ -106,7 +106,12 @@ impl Session {
             code: ErrorCode::OutOfOrder,
             message: format!("step {seq} does not begin at a step this hop ran"),
         })?;
-        engine.truncate(&mut self.cache, pos);
+        self.cache.truncate(pos).map_err(|e| ErrorMsg {
+            session: id,
+            seq,
+            code: ErrorCode::OutOfOrder,
+            message: format!("step {seq}: {e}"),
+        })?;
         self.bounds.retain(|(s, _)| *s < seq);
         self.sent.retain(|(s, _)| *s < seq);
         self.seq = seq;

@@ -17,7 +17,6 @@ use tracing::{debug, info};
 use super::session::Session;
 use super::{error, error_code, unknown, Send, Server, StepInput, StepMsg, NETWORK_WAIT};
 use crate::net::{self, NetError, PeerId};
-use crate::runtime::Engine;
 use crate::sampling::log_prob;
 use crate::{Logits, RunError, SpanInput};
 
@@ -183,7 +182,7 @@ impl Server {
             return Err(fail(ErrorCode::TooLarge, msg));
         }
         let started = Instant::now();
-        let (mut s, out) = run_span(s, engine, input, tokens_in)
+        let (mut s, out) = run_span(s, input, tokens_in)
             .await
             .map_err(|e| fail(ErrorCode::Internal, format!("the step failed: {e}")))?;
         let out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
@@ -313,27 +312,25 @@ const INLINE_TOKENS: usize = 16;
 /// thread that ran the step did not finish it.
 async fn run_span(
     mut s: OwnedMutexGuard<Session>,
-    engine: Arc<Engine>,
     input: Input,
     tokens: usize,
 ) -> Result<(OwnedMutexGuard<Session>, Result<Vec<f32>, RunError>), JoinError> {
     match Handle::current().runtime_flavor() {
         RuntimeFlavor::CurrentThread if tokens <= INLINE_TOKENS => {
-            let out = engine.run_step(&mut s.cache, input.span_input(), Logits::Last);
+            let out = s.cache.run_step(input.span_input(), Logits::Last);
             Ok((s, out))
         }
         RuntimeFlavor::CurrentThread => {
             // The session stays locked while its step runs elsewhere.
             tokio::task::spawn_blocking(move || {
-                let out = engine.run_step(&mut s.cache, input.span_input(), Logits::Last);
+                let out = s.cache.run_step(input.span_input(), Logits::Last);
                 (s, out)
             })
             .await
         }
         _ => {
-            let out = tokio::task::block_in_place(|| {
-                engine.run_step(&mut s.cache, input.span_input(), Logits::Last)
-            });
+            let out =
+                tokio::task::block_in_place(|| s.cache.run_step(input.span_input(), Logits::Last));
             Ok((s, out))
         }
     }
