@@ -243,3 +243,29 @@ fn attention_matches_cpu() {
         }
     }
 }
+
+/// Sessions on several threads record into one encoder and one parameter ring. Each thread
+/// records more dispatches than the ring holds, so the ring fills and restarts under
+/// contention; every thread's sum must still be exact. The ring's slot was once checked under
+/// one lock and taken under another, and concurrent threads overran it.
+#[test]
+fn concurrent_sessions_share_the_parameter_ring() {
+    let g = gpu(None);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let x = g.upload(&[t as f32; 64]);
+                let one = g.upload(&[1.0; 64]);
+                for _ in 0..1500 {
+                    g.add(&x, &one);
+                }
+                (t, g.download(&x).unwrap())
+            })
+        })
+        .collect();
+    for h in threads {
+        let (t, got) = h.join().expect("a thread recording dispatches panicked");
+        assert_eq!(got, vec![t as f32 + 1500.0; 64], "thread {t}");
+    }
+}

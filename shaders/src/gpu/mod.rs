@@ -319,12 +319,15 @@ impl Gpu {
     fn with_encoder<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
         let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let pending = guard.get_or_insert_with(|| Pending {
-            encoder: self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            encoder: self.new_encoder(),
             params_used: 0,
         });
         f(pending)
+    }
+
+    fn new_encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
     /// Records one dispatch of `name` with its parameters and storage bindings 1, 2, ….
@@ -339,11 +342,15 @@ impl Gpu {
         if groups.0 == 0 || groups.1 == 0 {
             return;
         }
-        if self.with_encoder(|p| p.params_used) >= PARAM_SLOTS {
-            self.flush();
-        }
         let pipeline = self.pipeline(name, dtype);
+        // The slot is checked and taken under one lock: sessions on other threads record into
+        // the same encoder.
         self.with_encoder(|p| {
+            if p.params_used >= PARAM_SLOTS {
+                let full = std::mem::replace(&mut p.encoder, self.new_encoder());
+                self.queue.submit([full.finish()]);
+                p.params_used = 0;
+            }
             let offset = p.params_used * PARAM_SLOT;
             p.params_used += 1;
             self.queue
