@@ -5,6 +5,7 @@
 //! each costs tens of microseconds, a large share of a step of a few milliseconds, so the workers
 //! stay hot while steps keep coming and sleep on a condition variable when they stop.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ struct Shared {
     epoch: AtomicUsize,
     job: Mutex<Option<Job>>,
     running: AtomicUsize,
+    /// Set by a worker whose run of the job panicked; the caller panics in turn.
+    panicked: AtomicBool,
     sleepers: Mutex<usize>,
     wake: Condvar,
     shutdown: AtomicBool,
@@ -72,6 +75,7 @@ impl Pool {
             epoch: AtomicUsize::new(0),
             job: Mutex::new(None),
             running: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -95,7 +99,9 @@ impl Pool {
     }
 
     /// Runs `f` on every thread of the pool, this one included, and returns when all are done.
-    /// `f` shares out its work itself (for example through an atomic counter).
+    /// `f` shares out its work itself (for example through an atomic counter). If `f` panics on
+    /// any thread, `run` waits for the others and then panics on the caller's thread; the pool
+    /// stays usable.
     pub fn run(&self, f: &(dyn Fn() + Sync)) {
         if self.threads == 1 {
             f();
@@ -104,7 +110,8 @@ impl Pool {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the reference is only used by workers between the epoch bump below and their
         // decrement of `running`, and this function waits for `running` to reach zero before it
-        // returns, so `f` outlives every use.
+        // returns or unwinds (a panic of `f` here is caught until then; workers catch theirs and
+        // decrement all the same), so `f` outlives every use.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(f) };
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared
@@ -120,11 +127,18 @@ impl Pool {
         {
             self.shared.wake.notify_all();
         }
-        f();
+        let mine = catch_unwind(AssertUnwindSafe(f));
         while self.shared.running.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let theirs = self.shared.panicked.swap(false, Ordering::SeqCst);
+        if let Err(payload) = mine {
+            resume_unwind(payload);
+        }
+        if theirs {
+            panic!("a compute thread panicked running a job");
+        }
     }
 }
 
@@ -175,7 +189,9 @@ fn worker(s: &Shared) {
         seen = s.epoch.load(Ordering::SeqCst);
         let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = job {
-            f();
+            if catch_unwind(AssertUnwindSafe(f)).is_err() {
+                s.panicked.store(true, Ordering::SeqCst);
+            }
         }
         s.running.fetch_sub(1, Ordering::Release);
     }
@@ -207,5 +223,41 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 3);
+    }
+
+    /// A panic on any thread reaches the caller once every thread is done with the job, and the
+    /// pool runs the next job. A worker's panic once left the caller spinning forever, and the
+    /// caller's own left workers on a closure that no longer existed.
+    #[test]
+    fn a_panic_on_any_thread_reaches_the_caller_and_the_pool_goes_on() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = Pool::new(3);
+            let caller = std::thread::current().id();
+            let on_workers = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(&|| {
+                    if std::thread::current().id() != caller {
+                        panic!("worker");
+                    }
+                })
+            }));
+            let on_caller = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(&|| {
+                    if std::thread::current().id() == caller {
+                        panic!("caller");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                })
+            }));
+            let count = AtomicUsize::new(0);
+            pool.run(&|| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            let _ = tx.send((on_workers.is_err(), on_caller.is_err(), count.into_inner()));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the pool hung after a panic");
+        assert_eq!(got, (true, true, 3));
     }
 }
