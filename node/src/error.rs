@@ -51,6 +51,8 @@ pub enum LoadError {
     Tokenizer { path: PathBuf, what: String },
     #[error(transparent)]
     Span(#[from] baton_protocol::SpanError),
+    #[error("tensor: {0}")]
+    Tensor(#[from] baton_shaders::QuantError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,8 @@ pub enum RunError {
     RewindTooFar { pos: usize, held: usize },
     #[error("gpu: {0}")]
     Gpu(#[from] baton_shaders::gpu::GpuError),
+    #[error("tensor: {0}")]
+    Tensor(#[from] baton_shaders::QuantError),
     #[error("{0}")]
     Backend(String),
     #[error(

@@ -38,7 +38,7 @@ impl<B: Backend> Loader<'_, B> {
     /// A vector of `n` values, as f32.
     pub fn vector(&self, name: &str, n: usize) -> Result<B::Vector, Error> {
         let t = self.model.tensor(name, &[n])?;
-        Ok(self.backend.vector(&t.to_f32())?)
+        Ok(self.backend.vector(&t.to_f32().map_err(RunError::from)?)?)
     }
 
     /// An RMSNorm's weight, shifted as the architecture stores it.

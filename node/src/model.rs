@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use baton_shaders::{DType, QTensor};
+use baton_shaders::{DType, QTensor, QuantError};
 use memmap2::Mmap;
 
 use crate::blob::Blob;
@@ -15,12 +15,18 @@ use crate::error::LoadError;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
-/// A model's id: a hash committing to its tokenizer and to the content of its weights, so that
-/// two different files never share one, and a client can check a tokenizer a node sends it.
-pub fn model_id(tokenizer: &baton_protocol::wire::TokenizerSpec, content_hash: &str) -> String {
+/// A model's id: a hash committing to its tokenizer, to the content of its weights and to its
+/// block count, so that two different files never share one, and a client can check the
+/// tokenizer and the block count a node sends it.
+pub fn model_id(
+    tokenizer: &baton_protocol::wire::TokenizerSpec,
+    content_hash: &str,
+    blocks: u32,
+) -> String {
     let mut h = blake3::Hasher::new();
     h.update(blake3::hash(&tokenizer.canonical_bytes()).as_bytes());
     h.update(content_hash.as_bytes());
+    h.update(&blocks.to_le_bytes());
     h.finalize().to_hex()[..32].to_string()
 }
 
@@ -49,22 +55,19 @@ impl TensorRef {
         self.dims[1..].iter().product()
     }
 
-    pub fn matrix(&self) -> QTensor<'_> {
-        QTensor {
-            dtype: self.dtype,
-            rows: self.rows(),
-            cols: self.cols(),
-            data: self.bytes(),
-        }
+    /// The tensor as a matrix, its bytes checked against its shape.
+    pub fn matrix(&self) -> Result<QTensor<'_>, QuantError> {
+        QTensor::new(self.dtype, self.rows(), self.cols(), self.bytes())
     }
 
     /// Values of a small f32/f16/bf16 tensor (a norm's weight) as f32.
-    pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows() * self.cols()];
-        for (r, dst) in out.chunks_exact_mut(self.cols()).enumerate() {
-            baton_shaders::cpu::dequantize_row(self.dtype, self.matrix().row(r), dst);
+    pub fn to_f32(&self) -> Result<Vec<f32>, QuantError> {
+        let m = self.matrix()?;
+        let mut out = vec![0f32; m.rows * m.cols];
+        for (r, dst) in out.chunks_exact_mut(m.cols.max(1)).enumerate() {
+            baton_shaders::cpu::dequantize_row(m.dtype, m.row(r), dst);
         }
-        out
+        Ok(out)
     }
 }
 
@@ -168,7 +171,7 @@ impl ModelFile {
     pub fn norm_weight(&self, name: &str, n: usize) -> Result<Vec<f32>, LoadError> {
         let shift = self.config.norm_shift;
         let t = self.tensor(name, &[n])?;
-        Ok(t.to_f32().iter().map(|w| w + shift).collect())
+        Ok(t.to_f32()?.iter().map(|w| w + shift).collect())
     }
 
     pub fn tensor_names(&self) -> impl Iterator<Item = &String> {
@@ -345,6 +348,18 @@ pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>
         let mut dims: Vec<usize> = info.shape.iter().rev().copied().collect();
         if dims.is_empty() {
             dims.push(1);
+        }
+        let rows = dims[1..].iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+        let want = rows.and_then(|r| dtype.row_bytes(dims[0]).ok()?.checked_mul(r));
+        if want != Some(b - a) {
+            return Err(LoadError::Corrupt {
+                path: path.to_path_buf(),
+                what: format!(
+                    "tensor `{name}` holds {} bytes, its shape {:?} needs {want:?}",
+                    b - a,
+                    info.shape
+                ),
+            });
         }
         out.push(TensorRef {
             name,

@@ -73,7 +73,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &TensorRef, ids: &[u32]) -> Result<CpuAct, RunError> {
-        let m = table.matrix();
+        let m = table.matrix()?;
         let mut data = vec![0f32; ids.len() * m.cols];
         for (id, dst) in ids.iter().zip(data.chunks_exact_mut(m.cols)) {
             let id = *id as usize;
@@ -102,7 +102,10 @@ impl Backend for CpuBackend {
 
     fn linear(&self, ws: &[&TensorRef], x: &CpuAct) -> Result<Vec<CpuAct>, RunError> {
         let tokens = self.tokens(x);
-        let mats: Vec<_> = ws.iter().map(|w| w.matrix()).collect();
+        let mats = ws
+            .iter()
+            .map(|w| w.matrix())
+            .collect::<Result<Vec<_>, _>>()?;
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; tokens * m.rows]).collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         cpu::matmul_many(&mats, &x.data, tokens, &mut refs);

@@ -72,7 +72,7 @@ impl Backend for GpuBackend {
     }
 
     fn weight(&self, t: &TensorRef) -> Result<GpuMatrix, RunError> {
-        Ok(self.gpu.upload_matrix(&t.matrix())?)
+        Ok(self.gpu.upload_matrix(&t.matrix()?)?)
     }
 
     fn vector(&self, v: &[f32]) -> Result<GpuTensor, RunError> {

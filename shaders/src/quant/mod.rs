@@ -184,6 +184,9 @@ impl DType {
 /// A row-major matrix of `rows` rows of `cols` elements in its stored format: a linear layer's
 /// weight is `[out_features, in_features]`.
 #[derive(Clone, Copy, Debug)]
+/// Built only by [`QTensor::new`] (or [`QTensor::rows`]), which check the bytes against the
+/// shape: kernels read rows by that shape without further checks.
+#[non_exhaustive]
 pub struct QTensor<'a> {
     pub dtype: DType,
     pub rows: usize,
@@ -193,8 +196,9 @@ pub struct QTensor<'a> {
 
 impl<'a> QTensor<'a> {
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
-        let want = dtype.row_bytes(cols)? * rows;
-        if data.len() != want {
+        let want = dtype.row_bytes(cols)?.checked_mul(rows);
+        if want != Some(data.len()) {
+            let want = want.unwrap_or(usize::MAX);
             return Err(QuantError::Size {
                 dtype,
                 rows,
