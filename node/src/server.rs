@@ -504,6 +504,7 @@ impl Server {
                 .await
             }
             Message::Truncate(t) => {
+                owned(opened, t.session, t.seq)?;
                 let s = self
                     .session(t.session)
                     .ok_or_else(|| unknown(t.session, t.seq))?;
@@ -517,8 +518,13 @@ impl Server {
                 Self::reply(send, ack).await;
                 Ok(())
             }
-            Message::Redirect(r) => self.redirect(r.session, &r.next, send).await,
+            Message::Redirect(r) => {
+                owned(opened, r.session, 0)?;
+                self.redirect(r.session, &r.next, send).await
+            }
             Message::Close(c) => {
+                owned(opened, c.session, 0)?;
+                opened.retain(|&id| id != c.session);
                 if let Ok(mut s) = self.sessions.lock() {
                     if s.remove(&c.session).is_some() {
                         info!("session {:016x} closed", c.session);
@@ -651,6 +657,18 @@ impl Server {
         )
         .await;
         Ok(())
+    }
+}
+
+/// Truncate, Redirect and Close are the opener's: they must come on the stream that opened the
+/// session (its client's link), never from another stream or peer that learned the id, such as
+/// a hop of the route.
+fn owned(opened: &[u64], session: u64, seq: u64) -> Result<(), ErrorMsg> {
+    if opened.contains(&session) {
+        Ok(())
+    } else {
+        let msg = "the session was not opened on this stream";
+        Err(error(session, seq, ErrorCode::Forbidden, msg))
     }
 }
 

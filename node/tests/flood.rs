@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_node::net::{self, generate_identity, Greeting, PeerId};
-use baton_protocol::wire::{ErrorCode, Forward, Message, OpenSession, Sampling, Step, TokenOut};
+use baton_protocol::wire::{
+    Close, ErrorCode, Forward, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut,
+    Truncate,
+};
 use baton_protocol::{HiddenStates, Span, WireDtype};
 use baton_tests::{binary, demo_model, NodeProcess};
 
@@ -226,6 +229,97 @@ fn a_flooded_node_keeps_serving_correct_tokens_in_bounded_memory() {
     assert_eq!(generate(&node.bootstrap), reference);
 }
 
+/// The model id a node's banner names.
+fn model_id(node: &NodeProcess) -> String {
+    node.banner
+        .split("model id ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the banner names the model id")
+        .to_string()
+}
+
+/// Truncate, Redirect and Close of a session from another peer, or from another stream of the
+/// same peer, are refused, and the session steps on unharmed. Any stream once could end or
+/// rewind anyone's session by its id.
+#[test]
+fn only_the_stream_that_opened_a_session_controls_it() {
+    let m = demo_model();
+    let node = NodeProcess::start(&[
+        "--model",
+        m.to_str().unwrap(),
+        "--span",
+        "0..30",
+        "--name",
+        "owned",
+    ])
+    .unwrap();
+    let (addr, peer) = data_plane(&node);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let owner = Client::connect(addr, peer).await;
+        let (mut send, mut recv) = owner.stream().await.expect("a stream");
+        let Message::OpenSession(mut o) = open(7, 64) else {
+            unreachable!()
+        };
+        o.model_id = model_id(&node);
+        net::write_msg(&mut send, &Message::OpenSession(o))
+            .await
+            .unwrap();
+        let opened = net::read_msg(&mut recv).await.unwrap();
+        assert!(
+            matches!(opened, Some(Message::SessionOpened(_))),
+            "{opened:?}"
+        );
+        let step = |seq: u64, tokens: Vec<u32>| {
+            Message::Step(Step {
+                session: 7,
+                seq,
+                tokens,
+                replay: false,
+                more: 0,
+            })
+        };
+        net::write_msg(&mut send, &step(0, vec![1, 2, 3]))
+            .await
+            .unwrap();
+        let first = net::read_msg(&mut recv).await.unwrap();
+        assert!(matches!(first, Some(Message::Token(_))), "{first:?}");
+
+        let stranger = Client::connect(addr, peer).await;
+        let hostile = [
+            Message::Truncate(Truncate { session: 7, seq: 0 }),
+            Message::Redirect(Redirect {
+                session: 7,
+                next: NextHop {
+                    peer_id: stranger.greeting.me.to_string(),
+                    addr: "127.0.0.1:9".into(),
+                    span: Span::full(30),
+                },
+            }),
+            Message::Close(Close { session: 7 }),
+        ];
+        for from in [&stranger, &owner] {
+            let (mut s, mut r) = from.stream().await.expect("a stream");
+            for m in &hostile {
+                net::write_msg(&mut s, m).await.unwrap();
+                match net::read_msg(&mut r).await.unwrap() {
+                    Some(Message::Error(e)) => assert_eq!(e.code, ErrorCode::Forbidden, "{m:?}"),
+                    other => panic!("{m:?} was answered {other:?}"),
+                }
+            }
+        }
+        // The session is whole: its next step runs.
+        net::write_msg(&mut send, &step(1, vec![4])).await.unwrap();
+        let next = net::read_msg(&mut recv).await.unwrap();
+        assert!(matches!(next, Some(Message::Token(_))), "{next:?}");
+    });
+}
+
 #[test]
 fn a_node_refuses_sessions_beyond_its_kv_room_with_a_reason() {
     let m = demo_model();
@@ -250,13 +344,7 @@ fn a_node_refuses_sessions_beyond_its_kv_room_with_a_reason() {
         .unwrap();
     let (held, refusal) = rt.block_on(async {
         let c = Client::connect(addr, peer).await;
-        let model_id = node
-            .banner
-            .split("model id ")
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .expect("the banner names the model id")
-            .to_string();
+        let model_id = model_id(&node);
         let mut streams = Vec::new();
         for session in 1u64.. {
             let (mut send, mut recv) = c.stream().await.expect("a stream");
