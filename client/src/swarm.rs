@@ -13,6 +13,7 @@ use baton_node::tokenizer::Tokenizer;
 use baton_protocol::record::NodeRecord;
 use baton_protocol::wire::{GetModelInfo, Message, ModelInfo};
 use libp2p::Multiaddr;
+use tracing::warn;
 
 use crate::remote::{Hop, RemoteSession};
 use crate::route::{agreed_blocks, plan, PlannedHop, RouteError};
@@ -31,7 +32,9 @@ pub enum SwarmError {
     WhichModel(String),
     #[error("the swarm answered no lookup: is the bootstrap address right? (a private swarm also needs --swarm-key)")]
     Empty,
-    #[error("node {0} sent a tokenizer that does not match the model id")]
+    #[error(
+        "node {0} sent a model description (tokenizer, block count) that the model id refutes"
+    )]
     ForgedTokenizer(String),
     #[error("{0}")]
     Other(String),
@@ -44,12 +47,16 @@ pub struct SwarmClient {
     pub endpoint: quinn::Endpoint,
     pub access: Access,
     greeting: Greeting,
+    /// Model descriptions already checked against their ids.
+    infos: Arc<std::sync::Mutex<HashMap<String, ModelInfo>>>,
 }
 
 /// How long a client keeps asking a swarm it just joined before it concludes it is empty.
 const FIRST_LOOKUP: Duration = Duration::from_secs(10);
 /// How long a node has to answer a hello.
 const PING_WAIT: Duration = Duration::from_secs(3);
+/// How long a node has to send the model's description (its tokenizer: up to a few MB).
+const INFO_WAIT: Duration = Duration::from_secs(30);
 
 fn first_addr(r: &NodeRecord) -> Option<SocketAddr> {
     r.addrs.iter().find_map(|a| a.parse().ok())
@@ -98,6 +105,7 @@ impl SwarmClient {
             endpoint,
             access,
             greeting,
+            infos: Arc::default(),
         })
     }
 
@@ -198,13 +206,50 @@ impl SwarmClient {
             .into_iter()
             .filter(|r| rtt.contains_key(&r.peer_id))
             .collect();
-        // Records that disagree on the model's size are left out.
-        let blocks = agreed_blocks(&reachable);
+        // The model's block count comes from a node serving embed, whose answer the model id
+        // commits to; records that say otherwise are left out.
+        let blocks = match self.model_info(&id, &reachable, &rtt).await? {
+            Some(info) => info.blocks,
+            // With no node serving embed, the records' majority plans a route that says so.
+            None => agreed_blocks(&reachable),
+        };
         let agreeing: Vec<NodeRecord> = reachable
             .into_iter()
             .filter(|r| r.blocks == blocks)
             .collect();
         Ok((id, plan(&agreeing, blocks, &rtt)?))
+    }
+
+    /// Model `id`'s description, from the nearest of `records` serving embed whose answer the
+    /// id confirms (cached for the client's lifetime); `None` when no record serves embed.
+    /// Nodes whose answer the id refutes are passed over.
+    async fn model_info(
+        &self,
+        id: &str,
+        records: &[NodeRecord],
+        rtt: &HashMap<String, Duration>,
+    ) -> Result<Option<ModelInfo>, SwarmError> {
+        if let Some(info) = self.infos.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(Some(info));
+        }
+        let mut embed: Vec<&NodeRecord> = records.iter().filter(|r| r.span.start == 0).collect();
+        embed.sort_by_key(|r| rtt.get(&r.peer_id).copied().unwrap_or(Duration::MAX));
+        let mut last = None;
+        for r in embed {
+            match self.fetch_info(&hop_of(r)?, id).await {
+                Ok(info) => {
+                    if let Ok(mut m) = self.infos.lock() {
+                        m.insert(id.to_string(), info.clone());
+                    }
+                    return Ok(Some(info));
+                }
+                Err(e) => {
+                    warn!("{}: {e}", r.name);
+                    last = Some(e);
+                }
+            }
+        }
+        last.map_or(Ok(None), Err)
     }
 
     /// The tokenizer of model `id`, from a node that holds `embed`, checked against the id.
@@ -213,6 +258,17 @@ impl SwarmClient {
         hop: &Hop,
         id: &str,
     ) -> Result<(ModelInfo, Tokenizer), SwarmError> {
+        let cached = self.infos.lock().ok().and_then(|m| m.get(id).cloned());
+        let info = match cached {
+            Some(info) => info,
+            None => self.fetch_info(hop, id).await?,
+        };
+        let tok = Tokenizer::from_spec(&info.tokenizer).map_err(SwarmError::Other)?;
+        Ok((info, tok))
+    }
+
+    /// Model `id`'s description from `hop`, checked against the id.
+    async fn fetch_info(&self, hop: &Hop, id: &str) -> Result<ModelInfo, SwarmError> {
         let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
         let (mut send, mut recv) =
             net::open_stream(&conn, &hop.peer_id, &self.greeting, PING_WAIT).await?;
@@ -223,20 +279,27 @@ impl SwarmClient {
             }),
         )
         .await?;
-        let info = loop {
-            match net::read_msg(&mut recv).await? {
-                Some(Message::Hello(_)) => continue,
-                Some(Message::ModelInfo(info)) => break info,
-                Some(Message::Error(e)) => return Err(NetError::Remote(e).into()),
-                other => return Err(SwarmError::Other(format!("unexpected answer: {other:?}"))),
+        let answer = async {
+            loop {
+                match net::read_msg(&mut recv).await? {
+                    Some(Message::Hello(_)) => continue,
+                    Some(Message::ModelInfo(info)) => return Ok(info),
+                    Some(Message::Error(e)) => return Err(NetError::Remote(e).into()),
+                    other => {
+                        return Err(SwarmError::Other(format!("unexpected answer: {other:?}")))
+                    }
+                }
             }
         };
+        // A node that never answers does not stall the client.
+        let info = tokio::time::timeout(INFO_WAIT, answer)
+            .await
+            .map_err(|_| SwarmError::Other(format!("{} sent no model description", hop.name)))??;
         let _ = send.finish();
-        if info.model_id != id || model_id(&info.tokenizer, &info.content_hash) != id {
+        if info.model_id != id || model_id(&info.tokenizer, &info.content_hash, info.blocks) != id {
             return Err(SwarmError::ForgedTokenizer(hop.peer_id.to_string()));
         }
-        let tok = Tokenizer::from_spec(&info.tokenizer).map_err(SwarmError::Other)?;
-        Ok((info, tok))
+        Ok(info)
     }
 
     /// Opens a generation session along a planned route; it replaces hops that fail or leave

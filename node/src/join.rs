@@ -250,7 +250,7 @@ pub async fn join(
     let blocks = model.config.layers as u32;
     let spec = model.tokenizer().ok().and_then(|t| t.to_spec().ok());
     let content_hash = model.content_hash()?;
-    let id = model_id(&spec.clone().unwrap_or_default(), &content_hash);
+    let id = model_id(&spec.clone().unwrap_or_default(), &content_hash, blocks);
     let access = crate::net::Access {
         swarm_key: opts.swarm_key,
         allow: opts.allow.clone(),
