@@ -107,12 +107,15 @@ impl HiddenStates {
     }
 
     /// Appends `other`'s tokens; false (and nothing appended) when the two differ in width or
-    /// type.
+    /// type, or the count would overflow.
     pub fn append(&mut self, other: &HiddenStates) -> bool {
+        let Some(tokens) = self.tokens.checked_add(other.tokens) else {
+            return false;
+        };
         if other.hidden != self.hidden || other.dtype != self.dtype {
             return false;
         }
-        self.tokens += other.tokens;
+        self.tokens = tokens;
         self.data.extend_from_slice(&other.data);
         true
     }
@@ -120,15 +123,15 @@ impl HiddenStates {
     /// Decodes to f32, refusing more than `max_elements` values or a length that disagrees with
     /// the shape.
     pub fn decode(&self, max_elements: usize) -> Result<Vec<f32>, TensorError> {
-        let n = (self.tokens as usize)
+        let want = (self.tokens as usize)
             .checked_mul(self.hidden as usize)
             .filter(|n| *n <= max_elements)
+            .and_then(|n| n.checked_mul(self.dtype.size()))
             .ok_or(TensorError::TooLarge {
                 tokens: self.tokens,
                 hidden: self.hidden,
                 limit: max_elements,
             })?;
-        let want = n * self.dtype.size();
         if self.data.len() != want {
             return Err(TensorError::Length {
                 tokens: self.tokens,

@@ -279,7 +279,7 @@ impl TokenizerSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub model_id: String,
-    /// Hash of the weights' files; the model id commits to it and to the tokenizer.
+    /// Hash of the weights' files; the model id commits to it, to the tokenizer and to `blocks`.
     pub content_hash: String,
     pub tokenizer: TokenizerSpec,
     pub blocks: u32,
@@ -332,29 +332,92 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<MAX_FRAME_BYTES>()
 }
 
-impl Message {
-    /// The wire number of the message's kind.
-    pub fn kind(&self) -> u8 {
+/// The kinds of message, each with its wire number: the one table the encoder, the decoder and
+/// the names use. A number is never reused for another kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    OpenSession = 2,
+    SessionOpened = 3,
+    Step = 4,
+    Forward = 5,
+    Token = 6,
+    Error = 7,
+    Close = 8,
+    GetModelInfo = 9,
+    ModelInfo = 10,
+    Truncate = 11,
+    Redirect = 12,
+    Ack = 13,
+    Leaving = 14,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 14] = [
+        Kind::Hello,
+        Kind::OpenSession,
+        Kind::SessionOpened,
+        Kind::Step,
+        Kind::Forward,
+        Kind::Token,
+        Kind::Error,
+        Kind::Close,
+        Kind::GetModelInfo,
+        Kind::ModelInfo,
+        Kind::Truncate,
+        Kind::Redirect,
+        Kind::Ack,
+        Kind::Leaving,
+    ];
+
+    /// The kind a wire number names; `None` for a number no kind has.
+    pub fn from_wire(n: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == n)
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
-            Message::Hello(_) => 1,
-            Message::OpenSession(_) => 2,
-            Message::SessionOpened(_) => 3,
-            Message::Step(_) => 4,
-            Message::Forward(_) => 5,
-            Message::Token(_) => 6,
-            Message::Error(_) => 7,
-            Message::Close(_) => 8,
-            Message::GetModelInfo(_) => 9,
-            Message::ModelInfo(_) => 10,
-            Message::Truncate(_) => 11,
-            Message::Redirect(_) => 12,
-            Message::Ack(_) => 13,
-            Message::Leaving(_) => 14,
+            Kind::Hello => "hello",
+            Kind::OpenSession => "open-session",
+            Kind::SessionOpened => "session-opened",
+            Kind::Step => "step",
+            Kind::Forward => "forward",
+            Kind::Token => "token",
+            Kind::Error => "error",
+            Kind::Close => "close",
+            Kind::GetModelInfo => "get-model-info",
+            Kind::ModelInfo => "model-info",
+            Kind::Truncate => "truncate",
+            Kind::Redirect => "redirect",
+            Kind::Ack => "ack",
+            Kind::Leaving => "leaving",
+        }
+    }
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello(_) => Kind::Hello,
+            Message::OpenSession(_) => Kind::OpenSession,
+            Message::SessionOpened(_) => Kind::SessionOpened,
+            Message::Step(_) => Kind::Step,
+            Message::Forward(_) => Kind::Forward,
+            Message::Token(_) => Kind::Token,
+            Message::Error(_) => Kind::Error,
+            Message::Close(_) => Kind::Close,
+            Message::GetModelInfo(_) => Kind::GetModelInfo,
+            Message::ModelInfo(_) => Kind::ModelInfo,
+            Message::Truncate(_) => Kind::Truncate,
+            Message::Redirect(_) => Kind::Redirect,
+            Message::Ack(_) => Kind::Ack,
+            Message::Leaving(_) => Kind::Leaving,
         }
     }
 
     pub fn name(&self) -> &'static str {
-        kind_name(self.kind()).unwrap_or("unknown")
+        self.kind().name()
     }
 
     /// The frame body: kind byte and payload.
@@ -364,7 +427,7 @@ impl Message {
             // memory; an oversized message is refused when it is framed.
             let _ = bincode::serde::encode_into_std_write(m, out, config());
         }
-        let mut out = vec![self.kind()];
+        let mut out = vec![self.kind() as u8];
         match self {
             Message::Hello(m) => put(&mut out, m),
             Message::OpenSession(m) => put(&mut out, m),
@@ -402,7 +465,8 @@ impl Message {
             return Err(WireError::TooLarge(body.len()));
         }
         let (&kind, payload) = body.split_first().ok_or(WireError::Empty)?;
-        let name = kind_name(kind).ok_or(WireError::UnknownKind(kind))?;
+        let kind = Kind::from_wire(kind).ok_or(WireError::UnknownKind(kind))?;
+        let name = kind.name();
         fn de<T: serde::de::DeserializeOwned>(
             p: &[u8],
             kind: &'static str,
@@ -422,20 +486,20 @@ impl Message {
             Ok(v)
         }
         let msg = match kind {
-            1 => Message::Hello(de(payload, name)?),
-            2 => Message::OpenSession(de(payload, name)?),
-            3 => Message::SessionOpened(de(payload, name)?),
-            4 => Message::Step(de(payload, name)?),
-            5 => Message::Forward(de(payload, name)?),
-            6 => Message::Token(de(payload, name)?),
-            7 => Message::Error(de(payload, name)?),
-            8 => Message::Close(de(payload, name)?),
-            9 => Message::GetModelInfo(de(payload, name)?),
-            10 => Message::ModelInfo(de(payload, name)?),
-            11 => Message::Truncate(de(payload, name)?),
-            12 => Message::Redirect(de(payload, name)?),
-            13 => Message::Ack(de(payload, name)?),
-            _ => Message::Leaving(de(payload, name)?),
+            Kind::Hello => Message::Hello(de(payload, name)?),
+            Kind::OpenSession => Message::OpenSession(de(payload, name)?),
+            Kind::SessionOpened => Message::SessionOpened(de(payload, name)?),
+            Kind::Step => Message::Step(de(payload, name)?),
+            Kind::Forward => Message::Forward(de(payload, name)?),
+            Kind::Token => Message::Token(de(payload, name)?),
+            Kind::Error => Message::Error(de(payload, name)?),
+            Kind::Close => Message::Close(de(payload, name)?),
+            Kind::GetModelInfo => Message::GetModelInfo(de(payload, name)?),
+            Kind::ModelInfo => Message::ModelInfo(de(payload, name)?),
+            Kind::Truncate => Message::Truncate(de(payload, name)?),
+            Kind::Redirect => Message::Redirect(de(payload, name)?),
+            Kind::Ack => Message::Ack(de(payload, name)?),
+            Kind::Leaving => Message::Leaving(de(payload, name)?),
         };
         msg.check_text()?;
         Ok(msg)
@@ -511,26 +575,6 @@ impl Message {
     }
 }
 
-fn kind_name(kind: u8) -> Option<&'static str> {
-    Some(match kind {
-        1 => "hello",
-        2 => "open-session",
-        3 => "session-opened",
-        4 => "step",
-        5 => "forward",
-        6 => "token",
-        7 => "error",
-        8 => "close",
-        9 => "get-model-info",
-        10 => "model-info",
-        11 => "truncate",
-        12 => "redirect",
-        13 => "ack",
-        14 => "leaving",
-        _ => return None,
-    })
-}
-
 /// Reads the length prefix of a frame and checks it before the body is read.
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
     let n = u32::from_le_bytes(prefix) as usize;
@@ -544,249 +588,4 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn dtype() -> impl Strategy<Value = WireDtype> {
-        prop_oneof![
-            Just(WireDtype::F32),
-            Just(WireDtype::F16),
-            Just(WireDtype::Bf16)
-        ]
-    }
-
-    fn span() -> impl Strategy<Value = Span> {
-        (0u32..100, 1u32..100).prop_map(|(a, n)| Span {
-            start: a,
-            end: a + n,
-        })
-    }
-
-    fn message() -> impl Strategy<Value = Message> {
-        let text = "[a-zA-Z0-9 .:/]{0,40}";
-        let sampling = (0f32..2.0, 0u32..100, 0f32..1.0, any::<u64>()).prop_map(
-            |(temperature, top_k, top_p, seed)| Sampling {
-                temperature,
-                top_k,
-                top_p,
-                seed,
-            },
-        );
-        let next = || {
-            proptest::option::of(
-                (text, text, span()).prop_map(|(peer_id, addr, span)| NextHop {
-                    peer_id,
-                    addr,
-                    span,
-                }),
-            )
-        };
-        prop_oneof![
-            (any::<u32>(), text, proptest::option::of(any::<[u8; 32]>())).prop_map(
-                |(version, name, proof)| Message::Hello(Hello {
-                    version,
-                    name,
-                    proof
-                })
-            ),
-            (
-                any::<u64>(),
-                text,
-                span(),
-                next(),
-                sampling,
-                dtype(),
-                any::<u32>(),
-                any::<bool>(),
-                next(),
-                proptest::collection::vec(any::<u32>(), 0..4)
-            )
-                .prop_map(
-                    |(
-                        session,
-                        model_id,
-                        span,
-                        next,
-                        sampling,
-                        wire_dtype,
-                        max_tokens,
-                        logprobs,
-                        ring,
-                        stop_ids,
-                    )| {
-                        Message::OpenSession(OpenSession {
-                            session,
-                            model_id,
-                            span,
-                            next,
-                            sampling,
-                            wire_dtype,
-                            max_tokens,
-                            logprobs,
-                            ring,
-                            stop_ids,
-                        })
-                    }
-                ),
-            any::<u64>().prop_map(|session| Message::SessionOpened(SessionOpened { session })),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::collection::vec(any::<u32>(), 0..50),
-                any::<bool>(),
-                any::<u32>()
-            )
-                .prop_map(|(session, seq, tokens, replay, more)| Message::Step(Step {
-                    session,
-                    seq,
-                    tokens,
-                    replay,
-                    more
-                })),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::collection::vec(-10f32..10.0, 0..64),
-                dtype(),
-                proptest::collection::vec(any::<u32>(), 0..8),
-                any::<bool>(),
-                any::<u32>()
-            )
-                .prop_map(|(session, seq, v, d, hop_us, replay, more)| {
-                    Message::Forward(Forward {
-                        session,
-                        seq,
-                        hidden: HiddenStates::encode(&v, 1, v.len() as u32, d),
-                        hop_us,
-                        replay,
-                        more,
-                    })
-                }),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                any::<u32>(),
-                proptest::option::of(-20f32..0.0),
-                proptest::collection::vec(any::<u32>(), 0..8),
-                any::<bool>()
-            )
-                .prop_map(|(session, seq, token, logprob, hop_us, fed_on)| {
-                    Message::Token(TokenOut {
-                        session,
-                        seq,
-                        token,
-                        logprob,
-                        hop_us,
-                        fed_on,
-                    })
-                }),
-            (any::<u64>(), any::<u64>(), 1u16..=11, text).prop_map(|(session, seq, c, message)| {
-                Message::Error(ErrorMsg {
-                    session,
-                    seq,
-                    code: ErrorCode::try_from(c).unwrap(),
-                    message,
-                })
-            }),
-            any::<u64>().prop_map(|session| Message::Close(Close { session })),
-            text.prop_map(|model_id| Message::GetModelInfo(GetModelInfo { model_id })),
-            (
-                text,
-                text,
-                proptest::option::of(text),
-                proptest::collection::vec(any::<u32>(), 0..4),
-                any::<u32>()
-            )
-                .prop_map(|(model_id, json, template, stop_ids, blocks)| {
-                    Message::ModelInfo(ModelInfo {
-                        model_id,
-                        content_hash: "ab".into(),
-                        tokenizer: TokenizerSpec {
-                            tokenizer_json: json,
-                            chat_template: template,
-                            bos: None,
-                            eos: Some("</s>".into()),
-                            add_bos: None,
-                            stop_ids,
-                        },
-                        blocks,
-                        vocab: 7,
-                        context: 9,
-                    })
-                }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(session, seq)| Message::Truncate(Truncate { session, seq })),
-            (any::<u64>(), text, text, span()).prop_map(|(session, peer_id, addr, span)| {
-                Message::Redirect(Redirect {
-                    session,
-                    next: NextHop {
-                        peer_id,
-                        addr,
-                        span,
-                    },
-                })
-            }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(session, seq)| Message::Ack(Ack { session, seq })),
-            any::<u64>().prop_map(|session| Message::Leaving(Leaving { session })),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn every_message_round_trips(m in message()) {
-            let frame = m.encode_frame().unwrap();
-            let n = frame_len([frame[0], frame[1], frame[2], frame[3]]).unwrap();
-            prop_assert_eq!(n, frame.len() - 4);
-            prop_assert_eq!(Message::decode_body(&frame[4..]).unwrap(), m);
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Message::decode_body(&body);
-        }
-
-        #[test]
-        fn truncated_or_extended_bodies_are_refused(m in message(), cut in 1usize..16) {
-            let body = m.encode_body();
-            if body.len() > cut {
-                prop_assert!(Message::decode_body(&body[..body.len() - cut]).is_err());
-            }
-            let mut longer = body.clone();
-            longer.push(0);
-            prop_assert!(Message::decode_body(&longer).is_err());
-        }
-    }
-
-    #[test]
-    fn limits_hold() {
-        assert_eq!(
-            frame_len((MAX_FRAME_BYTES as u32 + 1).to_le_bytes()),
-            Err(WireError::TooLarge(MAX_FRAME_BYTES + 1))
-        );
-        assert_eq!(frame_len([0; 4]), Err(WireError::Empty));
-        assert_eq!(Message::decode_body(&[99]), Err(WireError::UnknownKind(99)));
-        // A step claiming 2^40 tokens in a few bytes is refused without allocating them.
-        let mut body = vec![4u8, 1, 1];
-        body.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 1, 0, 0]);
-        assert!(matches!(
-            Message::decode_body(&body),
-            Err(WireError::Malformed { .. })
-        ));
-        let long = Message::Hello(Hello {
-            version: 1,
-            name: "x".repeat(MAX_TEXT + 1),
-            proof: None,
-        });
-        let body = long.encode_body();
-        assert!(matches!(
-            Message::decode_body(&body),
-            Err(WireError::TextTooLong { .. })
-        ));
-        assert_eq!(
-            ErrorCode::try_from(0),
-            Err("unknown error code 0".to_string())
-        );
-    }
-}
+mod tests;
