@@ -10,6 +10,9 @@
 //! - [`local`]: a swarm of nodes inside this process (`--local`).
 //! - [`openai`]: the OpenAI-compatible HTTP server.
 
+// Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod chat;
 pub mod generate;
 pub mod local;

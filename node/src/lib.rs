@@ -6,6 +6,9 @@
 //! - [`runtime`]: a span on the backend the user chose, with per-session KV caches.
 //! - [`tokenizer`]: text to ids and the chat template.
 
+// Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod arch;
 pub mod backend;
 pub mod blob;

@@ -3,6 +3,9 @@
 //! This crate does no I/O and knows nothing of GPUs. Everything that decodes bytes from a peer
 //! returns a typed error instead of panicking, and bounds every length before allocating.
 
+// Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod record;
 mod span;
 mod tensor;

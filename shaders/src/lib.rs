@@ -8,6 +8,9 @@
 //! Weights stay in the format they were stored in ([`DType`]) and are dequantized inside the
 //! kernels. Activations are f32; accumulation is f32.
 
+// Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cpu;
 pub mod gpu;
 mod quant;

@@ -80,16 +80,20 @@ impl Pool {
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
         });
+        // A thread the system refuses leaves the pool smaller, not the process dead.
+        let mut spawned = 1;
         for i in 1..threads {
             let s = shared.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("baton-cpu-{i}"))
-                .spawn(move || worker(&s))
-                .expect("spawning a compute thread");
+                .spawn(move || worker(&s));
+            if thread.is_ok() {
+                spawned += 1;
+            }
         }
         Pool {
             shared,
-            threads,
+            threads: spawned,
             turn: Mutex::new(()),
         }
     }
