@@ -93,6 +93,11 @@ pub struct OpenSession {
     pub ring: Option<NextHop>,
     /// Tokens that end a generation: the head hop never feeds them on.
     pub stop_ids: Vec<u32>,
+    /// On a hop without `head`: send a copy of each step's output to the opener too, as a
+    /// `Forward` on the stream that opened the session, so that the client can check the hop
+    /// against another node serving the same span. With no `next`, the session is such a
+    /// check: its output goes to the opener only.
+    pub tap: bool,
 }
 
 /// Hop → client: the session is open.

@@ -38,6 +38,7 @@ fn examples() -> Vec<Message> {
             logprobs: true,
             ring: None,
             stop_ids: vec![2, 70000],
+            tap: true,
         }),
         Message::SessionOpened(SessionOpened { session: 9 }),
         Message::Step(Step {
@@ -100,7 +101,7 @@ fn examples() -> Vec<Message> {
 
 const SNAPSHOTS: [&str; 14] = [
     "0107026e3101abababababababababababababababababababababababababababababababab",
-    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c0101000202fc70110100",
+    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c0101000202fc7011010001",
     "0309",
     "040901030180fc00000100001f",
     "05090201020104003c00c002fafbe8030100",

@@ -53,7 +53,8 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u32>(),
             any::<bool>(),
             next(),
-            proptest::collection::vec(any::<u32>(), 0..4)
+            proptest::collection::vec(any::<u32>(), 0..4),
+            any::<bool>()
         )
             .prop_map(
                 |(
@@ -67,6 +68,7 @@ fn message() -> impl Strategy<Value = Message> {
                     logprobs,
                     ring,
                     stop_ids,
+                    tap,
                 )| {
                     Message::OpenSession(OpenSession {
                         session,
@@ -79,6 +81,7 @@ fn message() -> impl Strategy<Value = Message> {
                         logprobs,
                         ring,
                         stop_ids,
+                        tap,
                     })
                 }
             ),
