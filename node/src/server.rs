@@ -59,6 +59,10 @@ pub struct ServerOptions {
     pub swarm_key: Option<[u8; 32]>,
     /// When set, only these peers are served.
     pub allow: Option<HashSet<PeerId>>,
+    /// Fault injection for tests of hop verification: each output value (hidden states, or the
+    /// head's logits) is scaled by up to this share, up or down. 0 (the default) computes
+    /// honestly.
+    pub fault_perturb: f32,
 }
 
 impl ServerOptions {
@@ -74,6 +78,7 @@ impl ServerOptions {
             model_info: None,
             swarm_key: None,
             allow: None,
+            fault_perturb: 0.0,
         }
     }
 }
@@ -584,8 +589,12 @@ impl Server {
             );
             return Err(fail(ErrorCode::TooLarge, msg));
         }
-        if engine.has_head() != o.next.is_none() {
-            let msg = "a next hop is needed exactly when the span does not hold head";
+        // A span without head passes its output on, or (a check of another hop) taps it to
+        // the opener; the head hop samples.
+        if engine.has_head() && (o.next.is_some() || o.tap)
+            || !engine.has_head() && o.next.is_none() && !o.tap
+        {
+            let msg = "a next hop (or a tap) is needed exactly when the span does not hold head";
             return Err(fail(ErrorCode::WrongSpan, msg.into()));
         }
         if self.open_sessions() >= self.options.max_sessions {
@@ -623,6 +632,8 @@ impl Server {
             o.logprobs,
             o.max_tokens as usize,
         );
+        session.tap = o.tap;
+        session.perturb = self.options.fault_perturb;
         if o.next.is_none() {
             session.ring = o.ring.clone().map(|first| Ring {
                 first,

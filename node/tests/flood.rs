@@ -96,6 +96,7 @@ fn open(session: u64, max_tokens: u32) -> Message {
         logprobs: false,
         ring: None,
         stop_ids: Vec::new(),
+        tap: false,
     })
 }
 

@@ -58,6 +58,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             logprobs: true,
             ring: None,
             stop_ids: Vec::new(),
+            tap: false,
         }),
         Message::Step(Step {
             session: 7,

@@ -218,10 +218,24 @@ impl NodeProcess {
         Self::start_in(None, "/ip4/127.0.0.1/tcp/0", args)
     }
 
+    /// Starts `baton-node join` with `args` and the environment variables `env`.
+    pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<NodeProcess> {
+        Self::launch(None, "/ip4/127.0.0.1/tcp/0", env, args)
+    }
+
     /// Starts `baton-node join` listening on `listen`, inside network namespace `netns` if given.
     pub fn start_in(
         netns: Option<&str>,
         listen: &str,
+        args: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
+        Self::launch(netns, listen, &[], args)
+    }
+
+    fn launch(
+        netns: Option<&str>,
+        listen: &str,
+        env: &[(&str, &str)],
         args: &[&str],
     ) -> anyhow::Result<NodeProcess> {
         use std::io::BufRead;
@@ -238,6 +252,7 @@ impl NodeProcess {
             .args(["--listen", listen])
             .args(args)
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .envs(env.iter().copied())
             // Node keys go to a cache of this test run, not the user's.
             .env(
                 "BATON_CACHE",

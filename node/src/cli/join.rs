@@ -111,6 +111,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
             .map(baton_node::net::read_swarm_key)
             .transpose()?,
         allow: a.allow_peer.clone(),
+        fault_perturb: fault_perturb()?,
     };
     let bar = super::progress_bar(&a.model.model);
     let node = join(options, key, &mut |done, total| {
@@ -159,4 +160,22 @@ async fn stop_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+/// `BATON_FAULT_PERTURB=S` makes the node compute wrong activations on purpose (each value
+/// scaled by up to S), for testing that clients catch and ban such a node. Never set it
+/// otherwise.
+fn fault_perturb() -> anyhow::Result<f32> {
+    let Ok(v) = std::env::var("BATON_FAULT_PERTURB") else {
+        return Ok(0.0);
+    };
+    let share: f32 = v
+        .parse()
+        .map_err(|_| anyhow::anyhow!("BATON_FAULT_PERTURB={v} is not a number"))?;
+    if share != 0.0 {
+        tracing::warn!(
+            "BATON_FAULT_PERTURB={share}: this node computes wrong activations on purpose"
+        );
+    }
+    Ok(share)
 }

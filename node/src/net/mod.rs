@@ -61,6 +61,11 @@ pub enum NetError {
     Timeout(std::time::Duration, &'static str),
     #[error("{peer} refused the session: {}", .error.message)]
     Refused { peer: Box<PeerId>, error: ErrorMsg },
+    #[error("{peer} could not open the session: {error}")]
+    HopFailed {
+        peer: Box<PeerId>,
+        error: Box<NetError>,
+    },
     #[error("no node can take over blocks {0}: the swarm no longer serves them")]
     Uncovered(baton_protocol::Span),
 }

@@ -46,6 +46,10 @@ pub struct Session {
     sent: Vec<(u64, HiddenStates)>,
     pub last_active: Instant,
     pub ring: Option<Ring>,
+    /// Whether each step's output also goes to the opener (see `OpenSession::tap`).
+    pub tap: bool,
+    /// See `ServerOptions::fault_perturb`.
+    pub perturb: f32,
 }
 
 impl Session {
@@ -74,6 +78,8 @@ impl Session {
             sent: Vec::new(),
             last_active: Instant::now(),
             ring: None,
+            tap: false,
+            perturb: 0.0,
         }
     }
 

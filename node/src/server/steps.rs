@@ -185,16 +185,20 @@ impl Server {
         let (mut s, out) = run_span(s, input, tokens_in)
             .await
             .map_err(|e| fail(ErrorCode::Internal, format!("the step failed: {e}")))?;
-        let out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
+        let mut out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
+        if s.perturb != 0.0 {
+            perturb(&mut out, s.perturb);
+        }
         let took = started.elapsed();
         debug!("session {id:016x} step {seq}: computed in {took:?}");
         let mut hop_us = m.hop_us;
         hop_us.push(took.as_micros().min(u32::MAX as u128) as u32);
-        let sent = s.next.is_some().then(|| {
+        let sent = (s.next.is_some() || s.tap && !engine.has_head()).then(|| {
             let tokens = (out.len() / hidden) as u32;
             HiddenStates::encode(&out, tokens, hidden as u32, s.wire)
         });
-        s.ran(seq, sent.clone());
+        let passed_on = s.next.is_some();
+        s.ran(seq, sent.clone().filter(|_| passed_on));
         if m.replay {
             let ack = Message::Ack(Ack {
                 session: id,
@@ -206,7 +210,7 @@ impl Server {
             return Ok(());
         }
         match (&s.next, sent) {
-            (Some(next), Some(hidden)) => {
+            (next, Some(hidden)) => {
                 let msg = Message::Forward(Forward {
                     session: id,
                     seq,
@@ -215,12 +219,23 @@ impl Server {
                     replay: false,
                     more: m.more,
                 });
-                let mut next = next.lock().await;
-                // A next hop that takes nothing is handled as gone: the client repairs the route.
-                tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut next, &msg))
-                    .await
-                    .map_err(|_| fail(ErrorCode::Downstream, "the next hop takes nothing".into()))?
-                    .map_err(|e| fail(ErrorCode::Downstream, e.to_string()))
+                if let Some(next) = next {
+                    let mut next = next.lock().await;
+                    // A next hop that takes nothing is handled as gone: the client repairs the
+                    // route.
+                    tokio::time::timeout(NETWORK_WAIT, net::write_msg(&mut next, &msg))
+                        .await
+                        .map_err(|_| {
+                            fail(ErrorCode::Downstream, "the next hop takes nothing".into())
+                        })?
+                        .map_err(|e| fail(ErrorCode::Downstream, e.to_string()))?;
+                }
+                if s.tap {
+                    let reply = s.reply.clone();
+                    drop(s);
+                    Self::reply(&reply, msg).await;
+                }
+                Ok(())
             }
             _ => {
                 let token = s.sampler.sample_at(&out, seq);
@@ -333,5 +348,13 @@ async fn run_span(
                 tokio::task::block_in_place(|| s.cache.run_step(input.span_input(), Logits::Last));
             Ok((s, out))
         }
+    }
+}
+
+/// Scales each value by a factor in `1 ± share`, varying along the row (fault injection).
+fn perturb(out: &mut [f32], share: f32) {
+    for (i, v) in out.iter_mut().enumerate() {
+        let wave = ((i as u32).wrapping_mul(2_654_435_761) >> 16) as f32 / 65_536.0;
+        *v *= 1.0 + share * (2.0 * wave - 1.0);
     }
 }
