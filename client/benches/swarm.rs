@@ -54,6 +54,7 @@ async fn main() {
             addr: s.local_addr().unwrap(),
             span,
             name: format!("bench {span}"),
+            claimed_us: 0,
         });
         servers.push(s);
     }
@@ -70,6 +71,7 @@ async fn main() {
         logprobs: false,
         swarm_key: None,
         stop_ids: Vec::new(),
+        verify: 0.0,
     };
 
     let (mut local_tps, mut swarm_tps, mut local_steps, mut swarm_steps) =

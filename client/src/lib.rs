@@ -20,5 +20,6 @@ pub mod model;
 pub mod openai;
 pub mod remote;
 pub mod route;
+pub mod slow;
 pub mod stop;
 pub mod swarm;

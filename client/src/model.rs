@@ -24,8 +24,13 @@ pub struct SwarmModel {
     pub info: ModelInfo,
     pub tok: Tokenizer,
     pub wire_dtype: WireDtype,
+    /// The share of steps after which the route's hops are checked against other nodes.
+    pub verify: f64,
     route: Mutex<Vec<PlannedHop>>,
 }
+
+/// Hops are checked after one step in this many by default (`--verify`).
+pub const DEFAULT_VERIFY: f64 = 0.1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -58,6 +63,7 @@ impl SwarmModel {
             info,
             tok,
             wire_dtype,
+            verify: DEFAULT_VERIFY,
             route: Mutex::new(route),
         })
     }
@@ -88,6 +94,7 @@ impl SwarmModel {
             logprobs: false,
             swarm_key: self.client.access.swarm_key,
             stop_ids: self.tok.stop_ids.clone(),
+            verify: self.verify,
         };
         let mut route = self.route();
         let mut avoid = Vec::new();
@@ -99,8 +106,11 @@ impl SwarmModel {
                 Err(SwarmError::Net(NetError::Remote(e))) if !retryable(&e) => {
                     return Err(SwarmError::Net(NetError::Remote(e)))
                 }
-                // A node with no room for the session: route around it.
-                Err(SwarmError::Net(NetError::Refused { peer, .. })) if tries < 4 => {
+                // A node with no room for the session, or one that failed to open it (it did not
+                // answer, or answered nonsense): route around it.
+                Err(SwarmError::Net(
+                    NetError::Refused { peer, .. } | NetError::HopFailed { peer, .. },
+                )) if tries < 4 => {
                     avoid.push(*peer);
                 }
                 Err(e) if tries >= 4 => return Err(e),

@@ -22,6 +22,14 @@ use baton_protocol::{Span, WireDtype};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::slow::{SlowHops, SLOW_STEPS};
+
+mod check;
+mod settle;
+mod verify;
+
+pub use verify::{Banned, TOLERANCE};
+
 /// One hop of a route: who, where, and which blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hop {
@@ -30,6 +38,9 @@ pub struct Hop {
     pub span: Span,
     /// A name for messages.
     pub name: String,
+    /// The microseconds per decode step its record claims (0: no claim); a hop that stays
+    /// well above it is replaced.
+    pub claimed_us: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +58,9 @@ pub struct SessionOptions {
     pub swarm_key: Option<SwarmKey>,
     /// Tokens that end a generation: the head hop does not feed them on as the next step.
     pub stop_ids: Vec<u32>,
+    /// The share of steps after which the hops are checked against other nodes (0: never;
+    /// see [`RemoteSession::verify_with`]).
+    pub verify: f64,
 }
 
 /// Finds a node that serves `span`, other than the peers given: a replacement for a hop.
@@ -81,6 +95,9 @@ const PROBE_AFTER: Duration = Duration::from_millis(500);
 /// How long a hop has to answer that check, and to acknowledge a repair.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 const REPAIR_WAIT: Duration = Duration::from_secs(10);
+/// How long a hop has to open a session (it may connect to its next hop first): a node that
+/// stalls here is routed around.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// The client's stream to one hop.
 struct Link {
@@ -100,14 +117,33 @@ struct Dialer {
 
 impl Dialer {
     /// Opens the session on `hop`, sending its output to `next`; the hop holding `head` (no
-    /// `next`) feeds the tokens it samples to `first`, the route's first hop.
+    /// `next`) feeds the tokens it samples to `ring`, the route's first hop. With `tap`, a hop
+    /// without head also sends its output to this client (with no `next`, only there).
     async fn link(
         &mut self,
         session: u64,
         options: &SessionOptions,
         hop: &Hop,
         next: Option<&Hop>,
-        first: &Hop,
+        ring: Option<&Hop>,
+        tap: bool,
+    ) -> Result<Link, NetError> {
+        let tx = self.tx.clone();
+        self.link_to(session, options, hop, next, ring, tap, tx)
+            .await
+    }
+
+    /// As [`Dialer::link`], with the link's messages going to `tx`.
+    #[allow(clippy::too_many_arguments)]
+    async fn link_to(
+        &mut self,
+        session: u64,
+        options: &SessionOptions,
+        hop: &Hop,
+        next: Option<&Hop>,
+        ring: Option<&Hop>,
+        tap: bool,
+        tx: mpsc::UnboundedSender<(u64, Message)>,
     ) -> Result<Link, NetError> {
         let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
         let (mut send, mut recv) =
@@ -120,12 +156,15 @@ impl Dialer {
             sampling: options.sampling,
             wire_dtype: options.wire_dtype,
             max_tokens: options.max_tokens,
-            logprobs: options.logprobs,
-            ring: next.is_none().then(|| next_hop(first)),
+            // The head's log-probabilities let checks see a perturbed head.
+            logprobs: options.logprobs || options.verify > 0.0,
+            ring: ring.map(next_hop),
             stop_ids: options.stop_ids.clone(),
+            tap,
         };
         net::write_msg(&mut send, &Message::OpenSession(open)).await?;
-        match tokio::time::timeout(options.step_timeout, net::read_msg(&mut recv)).await {
+        let wait = options.step_timeout.min(OPEN_WAIT);
+        match tokio::time::timeout(wait, net::read_msg(&mut recv)).await {
             Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == session => {}
             Ok(Ok(Some(Message::Error(e)))) => return Err(NetError::Remote(e)),
             Ok(Ok(other)) => {
@@ -134,11 +173,10 @@ impl Dialer {
                 )))
             }
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(NetError::Timeout(options.step_timeout, "a session to open")),
+            Err(_) => return Err(NetError::Timeout(wait, "a session to open")),
         }
         let id = self.next_id;
         self.next_id += 1;
-        let tx = self.tx.clone();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
                 if tx.send((id, msg)).is_err() {
@@ -198,6 +236,8 @@ pub struct RemoteSession {
     /// on by default.
     pub feed_on: bool,
     pub repairs: Vec<Repair>,
+    slow: SlowHops,
+    verify: Option<verify::Verify>,
 }
 
 fn random_id() -> u64 {
@@ -239,15 +279,33 @@ impl RemoteSession {
         };
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
+            let last = i + 1 == route.len();
+            let tap = options.verify > 0.0 && !last;
             let link = dialer
-                .link(id, options, hop, route.get(i + 1), &route[0])
+                .link(
+                    id,
+                    options,
+                    hop,
+                    route.get(i + 1),
+                    last.then(|| &route[0]),
+                    tap,
+                )
                 .await
                 .map_err(|e| match e {
                     NetError::Remote(error) if error.code == ErrorCode::Busy => NetError::Refused {
                         peer: Box::new(hop.peer_id),
                         error,
                     },
-                    e => e,
+                    // A refusal about the request itself is the same on every node.
+                    NetError::Remote(error)
+                        if matches!(error.code, ErrorCode::Malformed | ErrorCode::TooLarge) =>
+                    {
+                        NetError::Remote(error)
+                    }
+                    e => NetError::HopFailed {
+                        peer: Box::new(hop.peer_id),
+                        error: Box::new(e),
+                    },
                 })?;
             links.push(link);
         }
@@ -267,6 +325,8 @@ impl RemoteSession {
             on_event: None,
             feed_on: true,
             repairs: Vec::new(),
+            slow: SlowHops::default(),
+            verify: None,
         })
     }
 
@@ -306,6 +366,13 @@ impl RemoteSession {
                 "the head hop started a step that has not been followed".into(),
             ));
         }
+        // The prompt's check is waited for before its token is given out: the head hop may
+        // not run ahead of it.
+        let more = if self.verify.is_some() && self.seq == 0 {
+            0
+        } else {
+            more
+        };
         self.run(tokens.to_vec(), more, true).await
     }
 
@@ -332,21 +399,28 @@ impl RemoteSession {
         let mut repaired: Vec<(usize, Hop)> = Vec::new();
         for attempt in 0.. {
             let failure = match self.try_step(&tokens, more, send).await {
-                Ok(t) => {
+                Ok(mut t) => {
+                    let (done, first) = (self.seq, self.fed.len());
                     self.seq += 1;
                     self.fed.extend_from_slice(&tokens);
+                    self.ran_step(done, first, &t);
+                    if tokens.len() == 1 {
+                        self.check_speed(&t.hop_us);
+                    }
                     for (k, old) in repaired {
                         self.record(RepairKind::Failed, k, &old, started.elapsed());
                     }
-                    match more.checked_sub(1).filter(|_| t.fed_on) {
-                        Some(more) => {
-                            self.fed_on = Some(FedOn {
-                                tokens: vec![t.token],
-                                more,
-                            })
-                        }
-                        // Between two steps of this client's: the time to move leaving hops.
-                        None => self.move_leaving().await,
+                    let chain = more.checked_sub(1).filter(|_| t.fed_on);
+                    if let Some(more) = chain {
+                        self.fed_on = Some(FedOn {
+                            tokens: vec![t.token],
+                            more,
+                        });
+                    }
+                    t = self.audit_point(t, chain.is_none()).await?;
+                    // Between two steps of this client's: the time to move leaving hops.
+                    if chain.is_none() {
+                        self.move_leaving().await;
                     }
                     return Ok(t);
                 }
@@ -376,6 +450,9 @@ impl RemoteSession {
                 self.seq
             ));
             self.truncate_alive(&dead).await?;
+            if let Some(v) = self.verify.as_mut() {
+                v.forget_from(self.seq);
+            }
             let head_alive = !dead.contains(&(self.route.len() - 1));
             for k in dead {
                 let old = self.route[k].clone();
@@ -386,6 +463,25 @@ impl RemoteSession {
             send = true;
         }
         unreachable!("the loop returns")
+    }
+
+    /// Marks hops that have stayed well above their records' claimed speed for a run of decode
+    /// steps as leaving: they are moved between steps.
+    fn check_speed(&mut self, hop_us: &[u32]) {
+        let claimed: Vec<u64> = self.route.iter().map(|h| h.claimed_us).collect();
+        for k in self.slow.observe(&claimed, hop_us) {
+            if self.find.is_none() || self.leaving.contains(&k) {
+                continue;
+            }
+            self.event(&format!(
+                "{} took {:.1} ms per step for {SLOW_STEPS} steps, against {:.1} ms its record \
+                 claims; moving its blocks",
+                self.names(&[k]),
+                hop_us.get(k).copied().unwrap_or(0) as f64 / 1e3,
+                claimed[k] as f64 / 1e3
+            ));
+            self.leaving.push(k);
+        }
     }
 
     fn names(&self, hops: &[usize]) -> String {
@@ -448,7 +544,10 @@ impl RemoteSession {
                 deadline.min(start + PROBE_AFTER)
             };
             let (link, msg) = match tokio::time::timeout_at(until, self.inbox.recv()).await {
-                Ok(Some(m)) => m,
+                Ok(Some((link, msg))) => match self.absorb(link, msg) {
+                    Some(msg) => (link, msg),
+                    None => continue,
+                },
                 Ok(None) => {
                     return Err(Failure::Route(NetError::Protocol(
                         "every hop closed its stream".into(),
@@ -512,6 +611,9 @@ impl RemoteSession {
                 .await
                 .map_err(|_| NetError::Timeout(REPAIR_WAIT, what))?
                 .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
+            let Some(msg) = self.absorb(from, msg) else {
+                continue;
+            };
             match msg {
                 Message::Ack(a) if from == link && a.session == self.id => return Ok(()),
                 Message::Error(e) if from == link => return Err(NetError::Remote(e)),
@@ -561,9 +663,17 @@ impl RemoteSession {
         let new = find(span, exclude).await.ok_or(NetError::Uncovered(span))?;
         let next = self.route.get(k + 1).cloned();
         let first = if k == 0 { &new } else { &self.route[0] };
+        let tap = self.options.verify > 0.0 && next.is_some();
         let link = self
             .dialer
-            .link(self.id, &self.options, &new, next.as_ref(), first)
+            .link(
+                self.id,
+                &self.options,
+                &new,
+                next.as_ref(),
+                next.is_none().then_some(first),
+                tap,
+            )
             .await?;
         let mut link = Some(link);
         if k == 0 {
@@ -607,6 +717,7 @@ impl RemoteSession {
         };
         self.route[k] = new;
         self.leaving.retain(|&h| h != k);
+        self.slow.reset(k);
         let _ = net::write_msg(&mut old.send, &Message::Close(Close { session: self.id })).await;
         let _ = old.send.finish();
         Ok(())
@@ -633,6 +744,14 @@ impl RemoteSession {
     /// Frees the session on every hop, and closes the connections it opened, so that the
     /// hops learn at once even if this process exits right after.
     pub async fn close(mut self) {
+        if let Some(v) = self.verify.as_mut() {
+            for r in v.running.drain(..) {
+                r.abort();
+            }
+            for c in v.checkers.iter_mut().flatten() {
+                check::close_link(&mut c.link, c.session).await;
+            }
+        }
         for l in &mut self.links {
             let _ = net::write_msg(&mut l.send, &Message::Close(Close { session: self.id })).await;
             let _ = l.send.finish();

@@ -15,7 +15,7 @@ use baton_protocol::wire::{GetModelInfo, Message, ModelInfo};
 use libp2p::Multiaddr;
 use tracing::warn;
 
-use crate::remote::{Hop, RemoteSession};
+use crate::remote::{Banned, Hop, RemoteSession};
 use crate::route::{agreed_blocks, plan, PlannedHop, RouteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,8 @@ pub struct SwarmClient {
     greeting: Greeting,
     /// Model descriptions already checked against their ids.
     infos: Arc<std::sync::Mutex<HashMap<String, ModelInfo>>>,
+    /// Peers found computing wrong hidden states: left out of routes for the client's lifetime.
+    pub banned: Banned,
 }
 
 /// How long a client keeps asking a swarm it just joined before it concludes it is empty.
@@ -72,6 +74,7 @@ pub fn hop_of(r: &NodeRecord) -> Result<Hop, SwarmError> {
             .ok_or_else(|| SwarmError::Other(format!("{} has no address", r.name)))?,
         span: r.span,
         name: r.name.clone(),
+        claimed_us: crate::slow::claimed_us(r.tokens_per_s),
     })
 }
 
@@ -106,6 +109,7 @@ impl SwarmClient {
             access,
             greeting,
             infos: Arc::default(),
+            banned: Banned::default(),
         })
     }
 
@@ -200,7 +204,7 @@ impl SwarmClient {
     ) -> Result<(String, Vec<PlannedHop>), SwarmError> {
         let (id, mut records) = self.model_nodes(name).await?;
         let avoid: Vec<String> = avoid.iter().map(|p| p.to_string()).collect();
-        records.retain(|r| !avoid.contains(&r.peer_id));
+        records.retain(|r| !avoid.contains(&r.peer_id) && !self.is_banned(&r.peer_id));
         let rtt = self.rtts(&records).await;
         let reachable: Vec<NodeRecord> = records
             .into_iter()
@@ -318,7 +322,18 @@ impl SwarmClient {
             let (me, model) = (me.clone(), model.clone());
             Box::pin(async move { me.replacement(&model, span, &exclude).await })
         });
-        Ok(RemoteSession::open(&self.endpoint, &self.key, &hops, options, Some(find)).await?)
+        let mut session =
+            RemoteSession::open(&self.endpoint, &self.key, &hops, options, Some(find)).await?;
+        session.verify_with(self.banned.clone());
+        Ok(session)
+    }
+
+    /// Whether `peer` was found computing wrong hidden states.
+    pub fn is_banned(&self, peer: &str) -> bool {
+        self.banned
+            .lock()
+            .map(|b| b.iter().any(|p| p.to_string() == peer))
+            .unwrap_or(false)
     }
 
     /// The reachable node serving exactly `span` of `model` (none of `exclude`) with the
@@ -337,6 +352,7 @@ impl SwarmClient {
             .ok()?
             .into_iter()
             .filter(|r| r.span == span && !excluded.contains(&r.peer_id))
+            .filter(|r| !self.is_banned(&r.peer_id))
             .collect();
         // A repair waits on this: a node that does not answer within a second is no candidate.
         let rtt = self.rtts_within(&candidates, Duration::from_secs(1)).await;

@@ -31,6 +31,7 @@ fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
         addr: server.local_addr().unwrap(),
         span,
         name: format!("node {span}"),
+        claimed_us: 0,
     };
     (server, hop)
 }
@@ -51,6 +52,7 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         logprobs: false,
         swarm_key: None,
         stop_ids: Vec::new(),
+        verify: 0.0,
     }
 }
 

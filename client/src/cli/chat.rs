@@ -33,7 +33,8 @@ pub struct ChatArgs {
     pub seed: Option<u64>,
 }
 
-const HELP: &str = "/reset forgets the conversation, /route shows the hops, /stats the last \
+const HELP: &str =
+    "/reset forgets the conversation, /route shows the hops (and banned nodes), /stats the last \
 answer's speed, /quit leaves; Ctrl-C stops an answer";
 
 /// Where output goes: a terminal gets text as it streams; a pipe gets one answer per line.
@@ -213,7 +214,21 @@ fn route(model: &SwarmModel) -> String {
             )
         })
         .collect();
-    format!("route of {}: {}", model.name, hops.join("; "))
+    let banned: Vec<String> = model
+        .client
+        .banned
+        .lock()
+        .map(|b| b.iter().map(|p| p.to_string()).collect())
+        .unwrap_or_default();
+    let banned = if banned.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; banned for computing wrong hidden states: {}",
+            banned.join(", ")
+        )
+    };
+    format!("route of {}: {}{banned}", model.name, hops.join("; "))
 }
 
 fn stats(model: &SwarmModel, last: Option<&Generation>) -> String {

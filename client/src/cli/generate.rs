@@ -64,6 +64,11 @@ pub struct GenerateArgs {
     /// feed each token it samples straight to the first (for comparisons).
     #[arg(long)]
     pub client_steps: bool,
+    /// With --bootstrap: after this share of steps, each hop's output since the last check is
+    /// computed again by another node serving the same blocks; a node found computing wrong
+    /// hidden states is banned and replaced. 0 turns checks off.
+    #[arg(long, value_name = "P", default_value_t = baton_client::model::DEFAULT_VERIFY, value_parser = super::source::share)]
+    pub verify: f64,
     #[command(flatten)]
     pub access: super::access::AccessArgs,
 }
@@ -176,7 +181,8 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         a.access.identity()?,
     )
     .await?;
-    let model = SwarmModel::connect(client, a.model.as_deref(), a.wire_dtype).await?;
+    let mut model = SwarmModel::connect(client, a.model.as_deref(), a.wire_dtype).await?;
+    model.verify = a.verify;
     let ids = a.prompt_ids(&model.tok)?;
     let context = model.context();
     anyhow::ensure!(

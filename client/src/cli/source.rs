@@ -33,6 +33,12 @@ pub struct SourceArgs {
     /// How hidden states travel between nodes.
     #[arg(long, default_value = "f16")]
     pub wire_dtype: WireDtype,
+    /// With --bootstrap: after this share of steps, each hop's output since the last check is
+    /// computed again by another node serving the same blocks; on a disagreement a third node
+    /// decides, and a node found computing wrong hidden states is banned and replaced. 0 turns
+    /// checks off.
+    #[arg(long, value_name = "P", default_value_t = baton_client::model::DEFAULT_VERIFY, value_parser = share)]
+    pub verify: f64,
     /// With --local: where the nodes compute (`auto` picks a real GPU when there is one).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
@@ -85,7 +91,9 @@ impl SourceArgs {
                 self.access.identity()?,
             )
             .await?;
-            let model = SwarmModel::connect(client, self.model.as_deref(), self.wire_dtype).await?;
+            let mut model =
+                SwarmModel::connect(client, self.model.as_deref(), self.wire_dtype).await?;
+            model.verify = self.verify;
             return Ok(Source { model, local: None });
         }
         let path = match &self.model {
@@ -121,7 +129,9 @@ impl SourceArgs {
         .with_context(|| format!("starting local nodes on {}", path.display()))?;
         bar.finish_and_clear();
         let client = local.client().await?;
-        let model = SwarmModel::connect(client, None, self.wire_dtype).await?;
+        let mut model = SwarmModel::connect(client, None, self.wire_dtype).await?;
+        // This process's own nodes: nothing to check them against.
+        model.verify = 0.0;
         eprintln!(
             "{} on {} local node(s): {}",
             model.name,
@@ -137,5 +147,13 @@ impl SourceArgs {
             model,
             local: Some(local),
         })
+    }
+}
+
+/// A share between 0 and 1.
+pub fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s} is not a share between 0 and 1")),
     }
 }
