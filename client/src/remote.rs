@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use baton_node::net::{self, Greeting, Keypair, NetError, PeerId, SwarmKey};
 use baton_protocol::wire::{
-    Close, ErrorCode, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut, Truncate,
+    Admit, Close, ErrorCode, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut,
+    Truncate,
 };
 use baton_protocol::{Span, WireDtype};
 use futures_util::future::BoxFuture;
@@ -106,6 +107,36 @@ struct Link {
     conn: quinn::Connection,
 }
 
+/// What a hop's session does: where its output goes (`next`; the head hop feeds the tokens it
+/// samples to `ring`, the route's first hop), who else feeds it steps (`feeder`, the hop
+/// before), and whether it taps its output to this client (with no `next`, only there: a
+/// check).
+#[derive(Clone, Copy, Default)]
+struct Role<'a> {
+    next: Option<&'a Hop>,
+    ring: Option<&'a Hop>,
+    feeder: Option<&'a Hop>,
+    tap: bool,
+}
+
+impl<'a> Role<'a> {
+    /// Position `k` of `route`.
+    fn in_route(route: &'a [Hop], k: usize, verify: bool) -> Role<'a> {
+        let last = k + 1 == route.len();
+        Role {
+            next: route.get(k + 1),
+            ring: last.then(|| &route[0]),
+            // The first hop is fed by the head hop, the others by the hop before.
+            feeder: if k == 0 {
+                route.last()
+            } else {
+                route.get(k - 1)
+            },
+            tap: verify && !last,
+        }
+    }
+}
+
 /// What opens links: the endpoint, who we are, and where the links' messages go.
 struct Dialer {
     endpoint: quinn::Endpoint,
@@ -116,33 +147,25 @@ struct Dialer {
 }
 
 impl Dialer {
-    /// Opens the session on `hop`, sending its output to `next`; the hop holding `head` (no
-    /// `next`) feeds the tokens it samples to `ring`, the route's first hop. With `tap`, a hop
-    /// without head also sends its output to this client (with no `next`, only there).
+    /// Opens the session on `hop` in `role`.
     async fn link(
         &mut self,
         session: u64,
         options: &SessionOptions,
         hop: &Hop,
-        next: Option<&Hop>,
-        ring: Option<&Hop>,
-        tap: bool,
+        role: Role<'_>,
     ) -> Result<Link, NetError> {
         let tx = self.tx.clone();
-        self.link_to(session, options, hop, next, ring, tap, tx)
-            .await
+        self.link_to(session, options, hop, role, tx).await
     }
 
     /// As [`Dialer::link`], with the link's messages going to `tx`.
-    #[allow(clippy::too_many_arguments)]
     async fn link_to(
         &mut self,
         session: u64,
         options: &SessionOptions,
         hop: &Hop,
-        next: Option<&Hop>,
-        ring: Option<&Hop>,
-        tap: bool,
+        role: Role<'_>,
         tx: mpsc::UnboundedSender<(u64, Message)>,
     ) -> Result<Link, NetError> {
         let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
@@ -152,15 +175,20 @@ impl Dialer {
             session,
             model_id: options.model_id.clone(),
             span: hop.span,
-            next: next.map(next_hop),
+            next: role.next.map(next_hop),
             sampling: options.sampling,
             wire_dtype: options.wire_dtype,
             max_tokens: options.max_tokens,
             // The head's log-probabilities let checks see a perturbed head.
             logprobs: options.logprobs || options.verify > 0.0,
-            ring: ring.map(next_hop),
+            ring: role.ring.map(next_hop),
             stop_ids: options.stop_ids.clone(),
-            tap,
+            tap: role.tap,
+            feeders: role
+                .feeder
+                .map(|h| h.peer_id.to_string())
+                .into_iter()
+                .collect(),
         };
         net::write_msg(&mut send, &Message::OpenSession(open)).await?;
         let wait = options.step_timeout.min(OPEN_WAIT);
@@ -279,17 +307,9 @@ impl RemoteSession {
         };
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
-            let last = i + 1 == route.len();
-            let tap = options.verify > 0.0 && !last;
+            let role = Role::in_route(route, i, options.verify > 0.0);
             let link = dialer
-                .link(
-                    id,
-                    options,
-                    hop,
-                    route.get(i + 1),
-                    last.then(|| &route[0]),
-                    tap,
-                )
+                .link(id, options, hop, role)
                 .await
                 .map_err(|e| match e {
                     NetError::Remote(error) if error.code == ErrorCode::Busy => NetError::Refused {
@@ -453,10 +473,9 @@ impl RemoteSession {
             if let Some(v) = self.verify.as_mut() {
                 v.forget_from(self.seq);
             }
-            let head_alive = !dead.contains(&(self.route.len() - 1));
-            for k in dead {
+            for &k in &dead {
                 let old = self.route[k].clone();
-                self.replace(k, &[old.peer_id], head_alive).await?;
+                self.replace(k, &[old.peer_id], &dead).await?;
                 repaired.push((k, old));
             }
             // The hops forgot the step: this client sends it again.
@@ -645,14 +664,16 @@ impl RemoteSession {
 
     /// Replaces hop `k` by another node serving its span (none of `exclude`), rebuilding the
     /// newcomer's cache from what the hop before it sent (or from the tokens, for the first).
-    /// A new first hop is named to the head hop when `head_alive` (a head hop being replaced
-    /// too learns it when it is opened).
+    /// A new first hop is named to the head hop, and the hop the newcomer feeds is told to
+    /// take its steps, unless they are among `dead` (they learn it when they are replaced in
+    /// turn).
     async fn replace(
         &mut self,
         k: usize,
         exclude: &[PeerId],
-        head_alive: bool,
+        dead: &[usize],
     ) -> Result<(), NetError> {
+        let head_alive = !dead.contains(&(self.links.len() - 1));
         let span = self.route[k].span;
         let mut exclude = exclude.to_vec();
         exclude.extend(self.leaving.iter().map(|&h| self.route[h].peer_id));
@@ -661,20 +682,10 @@ impl RemoteSession {
             .clone()
             .ok_or_else(|| NetError::Protocol("this session cannot repair its route".into()))?;
         let new = find(span, exclude).await.ok_or(NetError::Uncovered(span))?;
-        let next = self.route.get(k + 1).cloned();
-        let first = if k == 0 { &new } else { &self.route[0] };
-        let tap = self.options.verify > 0.0 && next.is_some();
-        let link = self
-            .dialer
-            .link(
-                self.id,
-                &self.options,
-                &new,
-                next.as_ref(),
-                next.is_none().then_some(first),
-                tap,
-            )
-            .await?;
+        let mut route = self.route.clone();
+        route[k] = new.clone();
+        let role = Role::in_route(&route, k, self.options.verify > 0.0);
+        let link = self.dialer.link(self.id, &self.options, &new, role).await?;
         let mut link = Some(link);
         if k == 0 {
             let l = link.as_mut().ok_or(NetError::Uncovered(span))?;
@@ -711,6 +722,18 @@ impl RemoteSession {
             let id = self.links[k - 1].id;
             self.ack(id, "a redirection").await?;
         }
+        // The hop the newcomer feeds takes its steps from now on (the first hop, for a new head
+        // hop); one that is down as well learns it when it is replaced in turn.
+        let fed = if k + 1 < self.links.len() { k + 1 } else { 0 };
+        if fed != k && !dead.contains(&fed) {
+            let admit = Message::Admit(Admit {
+                session: self.id,
+                peer_id: new.peer_id.to_string(),
+            });
+            net::write_msg(&mut self.links[fed].send, &admit).await?;
+            let id = self.links[fed].id;
+            self.ack(id, "a new hop before").await?;
+        }
         let mut old = match link.take() {
             Some(l) => std::mem::replace(&mut self.links[k], l),
             None => return Err(NetError::Uncovered(span)),
@@ -728,7 +751,7 @@ impl RemoteSession {
         while let Some(&k) = self.leaving.first() {
             let started = Instant::now();
             let old = self.route[k].clone();
-            match self.replace(k, &[old.peer_id], true).await {
+            match self.replace(k, &[old.peer_id], &[]).await {
                 Ok(()) => self.record(RepairKind::Left, k, &old, started.elapsed()),
                 Err(e) => {
                     self.event(&format!(

@@ -88,6 +88,8 @@ impl ServerOptions {
 struct Slot {
     cost: usize,
     session: Arc<AsyncMutex<Session>>,
+    /// Peers whose streams may send steps besides the one that opened the session.
+    feeders: Vec<PeerId>,
 }
 
 pub struct Server {
@@ -466,7 +468,7 @@ impl Server {
                 Self::reply(send, Message::Error(e)).await;
                 continue;
             }
-            if let Err(e) = self.handle(msg, send, opened).await {
+            if let Err(e) = self.handle(msg, peer, send, opened).await {
                 debug!("error answered: {e:?}");
                 Self::reply(send, Message::Error(e)).await;
             }
@@ -476,6 +478,7 @@ impl Server {
     async fn handle(
         &self,
         msg: Message,
+        peer: PeerId,
         send: &Send,
         opened: &mut Vec<u64>,
     ) -> Result<(), ErrorMsg> {
@@ -487,6 +490,7 @@ impl Server {
                 Ok(())
             }
             Message::Step(s) => {
+                self.may_feed(opened, peer, s.session, s.seq)?;
                 self.step(StepMsg {
                     session: s.session,
                     seq: s.seq,
@@ -498,6 +502,7 @@ impl Server {
                 .await
             }
             Message::Forward(f) => {
+                self.may_feed(opened, peer, f.session, f.seq)?;
                 self.step(StepMsg {
                     session: f.session,
                     seq: f.seq,
@@ -520,6 +525,35 @@ impl Server {
                     seq: s.seq,
                 });
                 drop(s);
+                Self::reply(send, ack).await;
+                Ok(())
+            }
+            Message::Admit(a) => {
+                owned(opened, a.session, 0)?;
+                let feeder: PeerId = a.peer_id.parse().map_err(|_| {
+                    let msg = format!("bad peer id {}", a.peer_id);
+                    error(a.session, 0, ErrorCode::Malformed, msg)
+                })?;
+                let seq = {
+                    let mut sessions = self.sessions.lock().map_err(|_| {
+                        error(
+                            a.session,
+                            0,
+                            ErrorCode::Internal,
+                            "the session table is broken",
+                        )
+                    })?;
+                    let slot = sessions
+                        .get_mut(&a.session)
+                        .ok_or_else(|| unknown(a.session, 0))?;
+                    slot.feeders = vec![feeder];
+                    slot.session.clone()
+                };
+                let seq = seq.lock().await.seq;
+                let ack = Message::Ack(Ack {
+                    session: a.session,
+                    seq,
+                });
                 Self::reply(send, ack).await;
                 Ok(())
             }
@@ -632,6 +666,12 @@ impl Server {
             o.logprobs,
             o.max_tokens as usize,
         );
+        let feeders: Vec<PeerId> = o
+            .feeders
+            .iter()
+            .map(|f| f.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| fail(ErrorCode::Malformed, "a feeder is not a peer id".into()))?;
         session.tap = o.tap;
         session.perturb = self.options.fault_perturb;
         if o.next.is_none() {
@@ -653,6 +693,7 @@ impl Server {
                     let slot = Slot {
                         cost,
                         session: Arc::new(AsyncMutex::new(session)),
+                        feeders: feeders.clone(),
                     };
                     sessions.insert(o.session, slot);
                     Ok(())
@@ -671,7 +712,41 @@ impl Server {
     }
 }
 
-/// Truncate, Redirect and Close are the opener's: they must come on the stream that opened the
+impl Server {
+    /// Steps come on the stream that opened the session, or from a peer it names as a feeder
+    /// (the hop before it): no other peer that learned the session's id can inject any.
+    fn may_feed(
+        &self,
+        opened: &[u64],
+        peer: PeerId,
+        session: u64,
+        seq: u64,
+    ) -> Result<(), ErrorMsg> {
+        if opened.contains(&session) {
+            return Ok(());
+        }
+        let sessions = self.sessions.lock().map_err(|_| {
+            error(
+                session,
+                seq,
+                ErrorCode::Internal,
+                "the session table is broken",
+            )
+        })?;
+        match sessions.get(&session) {
+            None => Err(unknown(session, seq)),
+            Some(slot) if slot.feeders.contains(&peer) => Ok(()),
+            Some(_) => Err(error(
+                session,
+                seq,
+                ErrorCode::Forbidden,
+                "this peer does not feed the session",
+            )),
+        }
+    }
+}
+
+/// Truncate, Redirect, Admit and Close are the opener's: they must come on the stream that opened the
 /// session (its client's link), never from another stream or peer that learned the id, such as
 /// a hop of the route.
 fn owned(opened: &[u64], session: u64, seq: u64) -> Result<(), ErrorMsg> {

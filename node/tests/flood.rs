@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use baton_node::net::{self, generate_identity, Greeting, PeerId};
 use baton_protocol::wire::{
-    Close, ErrorCode, Forward, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut,
-    Truncate,
+    Admit, Close, ErrorCode, Forward, Message, NextHop, OpenSession, Redirect, Sampling, Step,
+    TokenOut, Truncate,
 };
 use baton_protocol::{HiddenStates, Span, WireDtype};
 use baton_tests::{binary, demo_model, NodeProcess};
@@ -97,6 +97,7 @@ fn open(session: u64, max_tokens: u32) -> Message {
         ring: None,
         stop_ids: Vec::new(),
         tap: false,
+        feeders: Vec::new(),
     })
 }
 
@@ -240,9 +241,9 @@ fn model_id(node: &NodeProcess) -> String {
         .to_string()
 }
 
-/// Truncate, Redirect and Close of a session from another peer, or from another stream of the
-/// same peer, are refused, and the session steps on unharmed. Any stream once could end or
-/// rewind anyone's session by its id.
+/// Truncate, Redirect, Admit, Close and steps of a session from another peer, or from another
+/// stream of the same peer, are refused, and the session steps on unharmed. Any stream once
+/// could end, rewind or feed anyone's session by its id.
 #[test]
 fn only_the_stream_that_opened_a_session_controls_it() {
     let m = demo_model();
@@ -303,6 +304,12 @@ fn only_the_stream_that_opened_a_session_controls_it() {
                 },
             }),
             Message::Close(Close { session: 7 }),
+            Message::Admit(Admit {
+                session: 7,
+                peer_id: stranger.greeting.me.to_string(),
+            }),
+            // A step injected by anyone but the opener or a feeder it named.
+            step(1, vec![9]),
         ];
         for from in [&stranger, &owner] {
             let (mut s, mut r) = from.stream().await.expect("a stream");

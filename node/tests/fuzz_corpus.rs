@@ -59,6 +59,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             ring: None,
             stop_ids: Vec::new(),
             tap: false,
+            feeders: Vec::new(),
         }),
         Message::Step(Step {
             session: 7,

@@ -100,6 +100,37 @@ fn generate_with(boot: &str, more: &[&str]) -> (String, String) {
     (out, err)
 }
 
+/// `baton generate` through the swarm, watched: its text and its peak memory (MiB).
+fn generate_watched(boot: &str) -> (String, f64) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(baton_tests::binary("baton"))
+        .args(["generate", "--bootstrap", boot, "--max-tokens", "24"])
+        .args(["--prompt", "The quick brown fox"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("baton runs");
+    let mut stdout = child.stdout.take().expect("its output");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let mut peak = 0f64;
+    while child.try_wait().expect("waiting for baton").is_none() {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let hwm = status.ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0.0) / 1024.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (reader.join().expect("the reader"), peak)
+}
+
 #[test]
 fn lying_records_and_a_stalling_node_change_nothing() {
     let m = demo_model();
@@ -185,11 +216,13 @@ fn lying_records_and_a_stalling_node_change_nothing() {
     assert!(ok, "baton route: {err}");
     eprintln!("route with liars present:\n{out}");
     let started = std::time::Instant::now();
-    assert_eq!(generate(&boot), honest);
+    let (text, peak) = generate_watched(&boot);
     eprintln!(
-        "generation through the swarm with liars: {:.1} s",
+        "generation through the swarm with liars: {:.1} s, client peak memory {peak:.0} MiB",
         started.elapsed().as_secs_f64()
     );
+    assert_eq!(text, honest);
+    assert!(peak < 1024.0, "the client peaked at {peak} MiB");
     drop(rt);
 }
 

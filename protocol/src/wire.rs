@@ -98,6 +98,21 @@ pub struct OpenSession {
     /// against another node serving the same span. With no `next`, the session is such a
     /// check: its output goes to the opener only.
     pub tap: bool,
+    /// Peers (base58 peer ids) whose streams may send this session's steps besides the stream
+    /// that opened it: the hop before (for the first hop, the head hop feeding tokens on). At
+    /// most [`MAX_FEEDERS`].
+    pub feeders: Vec<String>,
+}
+
+/// The most feeders a session names.
+pub const MAX_FEEDERS: usize = 4;
+
+/// Client → hop: from now on, the session's steps come from `peer_id` (a new hop before it),
+/// instead of the feeders it was opened with. Answered with `Ack`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Admit {
+    pub session: u64,
+    pub peer_id: String,
 }
 
 /// Hop → client: the session is open.
@@ -309,6 +324,7 @@ pub enum Message {
     Redirect(Redirect),
     Ack(Ack),
     Leaving(Leaving),
+    Admit(Admit),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -356,10 +372,11 @@ pub enum Kind {
     Redirect = 12,
     Ack = 13,
     Leaving = 14,
+    Admit = 15,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Hello,
         Kind::OpenSession,
         Kind::SessionOpened,
@@ -374,6 +391,7 @@ impl Kind {
         Kind::Redirect,
         Kind::Ack,
         Kind::Leaving,
+        Kind::Admit,
     ];
 
     /// The kind a wire number names; `None` for a number no kind has.
@@ -397,6 +415,7 @@ impl Kind {
             Kind::Redirect => "redirect",
             Kind::Ack => "ack",
             Kind::Leaving => "leaving",
+            Kind::Admit => "admit",
         }
     }
 }
@@ -418,6 +437,7 @@ impl Message {
             Message::Redirect(_) => Kind::Redirect,
             Message::Ack(_) => Kind::Ack,
             Message::Leaving(_) => Kind::Leaving,
+            Message::Admit(_) => Kind::Admit,
         }
     }
 
@@ -448,6 +468,7 @@ impl Message {
             Message::Redirect(m) => put(&mut out, m),
             Message::Ack(m) => put(&mut out, m),
             Message::Leaving(m) => put(&mut out, m),
+            Message::Admit(m) => put(&mut out, m),
         }
         out
     }
@@ -505,6 +526,7 @@ impl Message {
             Kind::Redirect => Message::Redirect(de(payload, name)?),
             Kind::Ack => Message::Ack(de(payload, name)?),
             Kind::Leaving => Message::Leaving(de(payload, name)?),
+            Kind::Admit => Message::Admit(de(payload, name)?),
         };
         msg.check_text()?;
         Ok(msg)
@@ -536,8 +558,16 @@ impl Message {
                         max: MAX_STOP_IDS,
                     });
                 }
-                Ok(())
+                if o.feeders.len() > MAX_FEEDERS {
+                    return Err(WireError::TooMany {
+                        field: "feeders",
+                        len: o.feeders.len(),
+                        max: MAX_FEEDERS,
+                    });
+                }
+                o.feeders.iter().try_for_each(|f| check("feeders", f))
             }
+            Message::Admit(a) => check("peer_id", &a.peer_id),
             Message::Redirect(r) => {
                 check("next.peer_id", &r.next.peer_id)?;
                 check("next.addr", &r.next.addr)

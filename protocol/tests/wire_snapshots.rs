@@ -39,6 +39,7 @@ fn examples() -> Vec<Message> {
             ring: None,
             stop_ids: vec![2, 70000],
             tap: true,
+            feeders: vec!["12D3KooX".into()],
         }),
         Message::SessionOpened(SessionOpened { session: 9 }),
         Message::Step(Step {
@@ -96,12 +97,16 @@ fn examples() -> Vec<Message> {
         }),
         Message::Ack(Ack { session: 9, seq: 6 }),
         Message::Leaving(Leaving { session: 9 }),
+        Message::Admit(Admit {
+            session: 9,
+            peer_id: "12D3KooY".into(),
+        }),
     ]
 }
 
-const SNAPSHOTS: [&str; 14] = [
+const SNAPSHOTS: [&str; 15] = [
     "0107026e3101abababababababababababababababababababababababababababababababab",
-    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c0101000202fc7011010001",
+    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c0101000202fc70110100010108313244334b6f6f58",
     "0309",
     "040901030180fc00000100001f",
     "05090201020104003c00c002fafbe8030100",
@@ -114,6 +119,7 @@ const SNAPSHOTS: [&str; 14] = [
     "0c0908313244334b6f6f570d31302e302e302e323a373030300307",
     "0d0906",
     "0e09",
+    "0f0908313244334b6f6f59",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -135,11 +141,11 @@ fn every_kind_encodes_to_its_snapshot() {
 #[test]
 fn kind_numbers_are_fixed_and_unknown_ones_refused() {
     let numbers: Vec<u8> = Kind::ALL.iter().map(|k| *k as u8).collect();
-    assert_eq!(numbers, (1..=14).collect::<Vec<u8>>());
+    assert_eq!(numbers, (1..=15).collect::<Vec<u8>>());
     for k in Kind::ALL {
         assert_eq!(Kind::from_wire(k as u8), Some(k));
     }
-    for n in [0u8, 15, 200, 255] {
+    for n in [0u8, 16, 200, 255] {
         assert_eq!(Kind::from_wire(n), None);
         // An unknown kind is an error, never another message, whatever follows it.
         let body = [n, 9, 0, 0, 0, 0, 0, 0, 0];

@@ -10,6 +10,9 @@ use baton_protocol::wire::{Close, Forward, Step, TokenOut};
 use super::verify::{decode, merge, Banned, Checked, Piece, Said, Verify, CHECK_WAIT};
 use super::*;
 
+/// How long a hop's taps may trail the token of their step.
+const TAP_WAIT: Duration = Duration::from_secs(5);
+
 /// A node computing one route position's span again: its link and the link's messages, its
 /// own session and step numbers, and how many of the session's positions its cache holds.
 pub(super) struct Checker {
@@ -156,13 +159,13 @@ impl RemoteSession {
         }
     }
 
-    /// Waits until every tap of the steps up to `last` is in.
-    pub(super) async fn wait_taps(&mut self, last: u64) -> Result<(), NetError> {
-        let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+    /// Waits (up to `wait`) until every tap of the steps up to `last` is in.
+    pub(super) async fn wait_taps(&mut self, last: u64, wait: Duration) -> Result<(), NetError> {
+        let deadline = tokio::time::Instant::now() + wait;
         while !self.verify.as_ref().is_none_or(|v| v.taps_in(last)) {
             let (link, msg) = tokio::time::timeout_at(deadline, self.inbox.recv())
                 .await
-                .map_err(|_| NetError::Timeout(CHECK_WAIT, "a hop's tap"))?
+                .map_err(|_| NetError::Timeout(wait, "a hop's tap"))?
                 .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
             if let Some(Message::Leaving(l)) = self.absorb(link, msg) {
                 if let Some(k) = self.hop_of_link(link).filter(|k| !self.leaving.contains(k)) {
@@ -232,7 +235,16 @@ impl RemoteSession {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = self
             .dialer
-            .link_to(session, &self.options, &hop, None, None, !head, tx)
+            .link_to(
+                session,
+                &self.options,
+                &hop,
+                Role {
+                    tap: !head,
+                    ..Role::default()
+                },
+                tx,
+            )
             .await
             .map_err(|e| NoChecker::Failed(hop.name.clone(), e))?;
         Ok(Checker {
@@ -258,13 +270,18 @@ impl RemoteSession {
             return Ok(t);
         };
         let done = self.seq.saturating_sub(1);
-        if v.due(done) {
-            v.pending = Some(done);
+        let overdue = if v.due(done) {
+            v.pending.replace(done)
+        } else {
+            None
+        };
+        if let Some(overdue) = overdue {
+            self.taps_due(overdue).await;
         }
         let prompt = done == 0;
-        if let Some(last) = v.pending {
+        if let Some(last) = self.verify.as_ref().and_then(|v| v.pending) {
             if prompt {
-                self.wait_taps(last).await?;
+                self.taps_due(last).await;
             }
             if self.verify.as_ref().is_some_and(|v| v.taps_in(last)) {
                 self.start_checks(last).await;
@@ -280,6 +297,31 @@ impl RemoteSession {
             }
         }
         Ok(t)
+    }
+
+    /// Waits for the taps of the steps up to `last` (the prompt's, or an audit's that has not
+    /// started by the next one); hops that still send none are moved, and what their taps
+    /// would check goes unchecked.
+    async fn taps_due(&mut self, last: u64) {
+        if self.wait_taps(last, TAP_WAIT).await.is_ok() {
+            return;
+        }
+        let Some(v) = self.verify.as_ref() else {
+            return;
+        };
+        for j in v.missing_taps(last) {
+            self.event(&format!(
+                "{} sends no copies of its output; its blocks go unchecked and it is moved",
+                self.names(&[j])
+            ));
+            if let Some(v) = self.verify.as_mut() {
+                v.unchecked[j] = true;
+                v.unchecked[j + 1] = true;
+            }
+            if !self.leaving.contains(&j) {
+                self.leaving.push(j);
+            }
+        }
     }
 
     /// Starts a check of every position with none running, over the steps since its last one

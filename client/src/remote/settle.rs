@@ -5,7 +5,7 @@
 use baton_protocol::wire::{TokenOut, Truncate};
 
 use super::check::{check, close_link, Checker, Seen};
-use super::verify::{decide, Checked, Verdict};
+use super::verify::{decide, Checked, Verdict, CHECK_WAIT};
 use super::*;
 
 impl RemoteSession {
@@ -24,7 +24,8 @@ impl RemoteSession {
             Ok(w) => self.whole_history(k, w).await,
             Err(_) => None,
         };
-        let third = third.map(|(w, out)| (w, out.since(seen.from)));
+        // The third node saw the whole session: compare the audited positions only.
+        let third = third.map(|(w, out)| (w, out.within(seen.from, seen.route.end())));
         let Some((mut w, third)) = third else {
             self.event(&format!(
                 "{} and {} disagree on blocks {} and no third node can decide; the check is \
@@ -69,7 +70,7 @@ impl RemoteSession {
     /// Has `w` compute route position `k`'s span over the whole session.
     async fn whole_history(&mut self, k: usize, w: Checker) -> Option<(Checker, Checked)> {
         let last = self.seq.checked_sub(1)?;
-        self.wait_taps(last).await.ok()?;
+        self.wait_taps(last, CHECK_WAIT).await.ok()?;
         let window = self.verify.as_ref()?.window(0, last, self.fed.len());
         let (pieces, _) = self.check_input(k, 0, &window)?;
         match check(w, pieces).await {
@@ -135,7 +136,7 @@ impl RemoteSession {
         let redo = self.fed.split_off(start.min(self.fed.len()));
         self.seq = d;
         let liar = self.route[k].peer_id;
-        self.replace(k, &[liar], true).await?;
+        self.replace(k, &[liar], &[]).await?;
         self.event(&format!(
             "running the {} token(s) since position {start} again",
             redo.len()

@@ -134,15 +134,23 @@ impl Verify {
         out
     }
 
-    /// Whether every tap of the steps up to `last` is in.
+    /// Whether every tap the checks need of the steps up to `last` is in.
     pub fn taps_in(&self, last: u64) -> bool {
+        self.missing_taps(last).is_empty()
+    }
+
+    /// The positions whose taps of the steps up to `last` are not all in, of those the checks
+    /// need (a position's taps are its own check's outputs and the next one's inputs).
+    pub fn missing_taps(&self, last: u64) -> Vec<usize> {
         let heads = self.taps.len().saturating_sub(1);
-        self.taps[..heads].iter().all(|t| {
-            self.steps
-                .iter()
-                .filter(|(s, _)| *s <= last)
-                .all(|(s, _)| t.contains_key(s))
-        })
+        (0..heads)
+            .filter(|&j| !self.unchecked[j] || !self.unchecked[j + 1])
+            .filter(|&j| {
+                self.steps
+                    .iter()
+                    .any(|(s, _)| *s <= last && !self.taps[j].contains_key(s))
+            })
+            .collect()
     }
 
     /// Position `k`'s outputs of the steps in `window`, if all are in.
@@ -230,12 +238,22 @@ impl Checked {
         first_mismatch(&self.hidden, &other.hidden, self.width, TOLERANCE).map(|r| self.from + r)
     }
 
-    /// The part from position `from` on.
-    pub fn since(mut self, from: usize) -> Checked {
-        let rows = from.saturating_sub(self.from);
-        let cut = (rows * self.width).min(self.hidden.len());
-        self.hidden.drain(..cut);
-        self.tokens.retain(|s| s.at >= from);
+    /// The position after the last one this covers.
+    pub fn end(&self) -> usize {
+        match self.tokens.last() {
+            Some(s) => s.at + 1,
+            None => self.from + self.hidden.len() / self.width.max(1),
+        }
+    }
+
+    /// The part over positions `from..to`.
+    pub fn within(mut self, from: usize, to: usize) -> Checked {
+        let w = self.width;
+        let rows = |p: usize| p.saturating_sub(self.from) * w;
+        let (a, b) = (rows(from), rows(to));
+        self.hidden.truncate(b.min(self.hidden.len()));
+        self.hidden.drain(..a.min(self.hidden.len()));
+        self.tokens.retain(|s| s.at >= from && s.at < to);
         self.from = self.from.max(from);
         self
     }
@@ -341,8 +359,13 @@ mod tests {
         assert!(v.taps_in(1));
         assert!(v.outputs(0, &v.window(0, 1, 7)).is_some());
         assert!(v.outputs(0, &v.window(0, 2, 7)).is_none());
+        assert_eq!(v.missing_taps(2), vec![0]);
+        // Taps of a position that neither check needs are not waited for.
+        v.unchecked = vec![true, true];
+        assert!(v.taps_in(2));
         v.forget_from(1);
         assert_eq!(v.steps, vec![(0, 0)]);
+        v.unchecked = vec![false, false];
         assert!(v.taps_in(5));
     }
 
@@ -355,10 +378,11 @@ mod tests {
         let merged = merge(vec![step(0, 1), step(1, 2), step(3, 3)]);
         assert_eq!(merged.len(), 1);
         assert_eq!((merged[0].0, merged[0].1.len()), (0, 6));
-        let big = (CHUNK_BYTES / 8) as u32;
-        let pieces = merge(vec![step(0, big), step(9, big), step(99, 1)]);
+        // Two halves of the limit make one piece; one more token starts another.
+        let half = (CHUNK_BYTES / 16) as u32;
+        let pieces = merge(vec![step(0, half), step(9, half), step(99, 1)]);
         let starts: Vec<usize> = pieces.iter().map(|p| p.0).collect();
-        assert_eq!(starts, vec![0, 9]);
+        assert_eq!(starts, vec![0, 99]);
         let tokens = merge(vec![
             (0, Piece::Tokens(vec![1, 2])),
             (2, Piece::Tokens(vec![3])),
@@ -378,8 +402,9 @@ mod tests {
         let route = hidden(5, &[1.0, 2.0, 3.0]);
         assert_eq!(route.differs(&hidden(5, &[1.0, 2.0, 3.0])), None);
         assert_eq!(route.differs(&hidden(5, &[1.0, 2.5, 3.0])), Some(6));
-        // A third node's whole history, cut to the window.
-        let third = hidden(0, &[9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 2.0, 3.0]).since(5);
+        // A third node's whole history, longer than the window, cut to it.
+        assert_eq!(route.end(), 8);
+        let third = hidden(0, &[9.0, 9.0, 9.0, 9.0, 9.0, 1.0, 2.0, 3.0, 7.0]).within(5, 8);
         assert_eq!(route.differs(&third), None);
         let tokens = |t: &[(usize, u32)]| Checked {
             from: 5,
@@ -395,6 +420,8 @@ mod tests {
         };
         let route = tokens(&[(5, 10), (6, 11), (7, 12)]);
         assert_eq!(route.differs(&tokens(&[(5, 10), (6, 11), (7, 12)])), None);
+        let longer = tokens(&[(5, 10), (6, 11), (7, 12), (8, 1)]).within(5, route.end());
+        assert_eq!(route.differs(&longer), None);
         // The same tokens with another log-probability: a perturbed head.
         let mut unsure = tokens(&[(5, 10), (6, 11), (7, 12)]);
         unsure.tokens[1].logprob = Some(-1.5);

@@ -54,7 +54,8 @@ fn message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             next(),
             proptest::collection::vec(any::<u32>(), 0..4),
-            any::<bool>()
+            any::<bool>(),
+            proptest::collection::vec(text, 0..3)
         )
             .prop_map(
                 |(
@@ -69,6 +70,7 @@ fn message() -> impl Strategy<Value = Message> {
                     ring,
                     stop_ids,
                     tap,
+                    feeders,
                 )| {
                     Message::OpenSession(OpenSession {
                         session,
@@ -82,6 +84,7 @@ fn message() -> impl Strategy<Value = Message> {
                         ring,
                         stop_ids,
                         tap,
+                        feeders,
                     })
                 }
             ),
@@ -185,6 +188,8 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (any::<u64>(), any::<u64>()).prop_map(|(session, seq)| Message::Ack(Ack { session, seq })),
         any::<u64>().prop_map(|session| Message::Leaving(Leaving { session })),
+        (any::<u64>(), text)
+            .prop_map(|(session, peer_id)| Message::Admit(Admit { session, peer_id })),
     ]
 }
 
