@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use baton_node::net::{self, Greeting, Keypair, NetError, PeerId, SwarmKey};
 use baton_protocol::wire::{
-    Admit, Close, ErrorCode, Message, NextHop, OpenSession, Redirect, Sampling, Step, TokenOut,
-    Truncate,
+    Close, ErrorCode, Message, NextHop, OpenSession, Sampling, Step, TokenOut,
 };
 use baton_protocol::{Span, WireDtype};
 use futures_util::future::BoxFuture;
@@ -26,8 +25,12 @@ use tokio::sync::mpsc;
 use crate::slow::{SlowHops, SLOW_STEPS};
 
 mod check;
+mod link;
+mod repair;
 mod settle;
 mod verify;
+
+use link::{Dialer, Link, Role};
 
 pub use verify::{Banned, TOLERANCE};
 
@@ -96,133 +99,6 @@ const PROBE_AFTER: Duration = Duration::from_millis(500);
 /// How long a hop has to answer that check, and to acknowledge a repair.
 const PROBE_WAIT: Duration = Duration::from_secs(2);
 const REPAIR_WAIT: Duration = Duration::from_secs(10);
-/// How long a hop has to open a session (it may connect to its next hop first): a node that
-/// stalls here is routed around.
-const OPEN_WAIT: Duration = Duration::from_secs(10);
-
-/// The client's stream to one hop.
-struct Link {
-    id: u64,
-    send: quinn::SendStream,
-    conn: quinn::Connection,
-}
-
-/// What a hop's session does: where its output goes (`next`; the head hop feeds the tokens it
-/// samples to `ring`, the route's first hop), who else feeds it steps (`feeder`, the hop
-/// before), and whether it taps its output to this client (with no `next`, only there: a
-/// check).
-#[derive(Clone, Copy, Default)]
-struct Role<'a> {
-    next: Option<&'a Hop>,
-    ring: Option<&'a Hop>,
-    feeder: Option<&'a Hop>,
-    tap: bool,
-}
-
-impl<'a> Role<'a> {
-    /// Position `k` of `route`.
-    fn in_route(route: &'a [Hop], k: usize, verify: bool) -> Role<'a> {
-        let last = k + 1 == route.len();
-        Role {
-            next: route.get(k + 1),
-            ring: last.then(|| &route[0]),
-            // The first hop is fed by the head hop, the others by the hop before.
-            feeder: if k == 0 {
-                route.last()
-            } else {
-                route.get(k - 1)
-            },
-            tap: verify && !last,
-        }
-    }
-}
-
-/// What opens links: the endpoint, who we are, and where the links' messages go.
-struct Dialer {
-    endpoint: quinn::Endpoint,
-    key: Keypair,
-    greeting: Greeting,
-    tx: mpsc::UnboundedSender<(u64, Message)>,
-    next_id: u64,
-}
-
-impl Dialer {
-    /// Opens the session on `hop` in `role`.
-    async fn link(
-        &mut self,
-        session: u64,
-        options: &SessionOptions,
-        hop: &Hop,
-        role: Role<'_>,
-    ) -> Result<Link, NetError> {
-        let tx = self.tx.clone();
-        self.link_to(session, options, hop, role, tx).await
-    }
-
-    /// As [`Dialer::link`], with the link's messages going to `tx`.
-    async fn link_to(
-        &mut self,
-        session: u64,
-        options: &SessionOptions,
-        hop: &Hop,
-        role: Role<'_>,
-        tx: mpsc::UnboundedSender<(u64, Message)>,
-    ) -> Result<Link, NetError> {
-        let conn = net::connect(&self.endpoint, &self.key, hop.addr, hop.peer_id).await?;
-        let (mut send, mut recv) =
-            net::open_stream(&conn, &hop.peer_id, &self.greeting, REPAIR_WAIT).await?;
-        let open = OpenSession {
-            session,
-            model_id: options.model_id.clone(),
-            span: hop.span,
-            next: role.next.map(next_hop),
-            sampling: options.sampling,
-            wire_dtype: options.wire_dtype,
-            max_tokens: options.max_tokens,
-            // The head's log-probabilities let checks see a perturbed head.
-            logprobs: options.logprobs || options.verify > 0.0,
-            ring: role.ring.map(next_hop),
-            stop_ids: options.stop_ids.clone(),
-            tap: role.tap,
-            feeders: role
-                .feeder
-                .map(|h| h.peer_id.to_string())
-                .into_iter()
-                .collect(),
-        };
-        net::write_msg(&mut send, &Message::OpenSession(open)).await?;
-        let wait = options.step_timeout.min(OPEN_WAIT);
-        match tokio::time::timeout(wait, net::read_msg(&mut recv)).await {
-            Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == session => {}
-            Ok(Ok(Some(Message::Error(e)))) => return Err(NetError::Remote(e)),
-            Ok(Ok(other)) => {
-                return Err(NetError::Protocol(format!(
-                    "unexpected answer to open: {other:?}"
-                )))
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(NetError::Timeout(wait, "a session to open")),
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = net::read_msg(&mut recv).await {
-                if tx.send((id, msg)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Link { id, send, conn })
-    }
-}
-
-fn next_hop(h: &Hop) -> NextHop {
-    NextHop {
-        peer_id: h.peer_id.to_string(),
-        addr: h.addr.to_string(),
-        span: h.span,
-    }
-}
 
 /// How a step went wrong.
 enum Failure {
@@ -484,56 +360,6 @@ impl RemoteSession {
         unreachable!("the loop returns")
     }
 
-    /// Marks hops that have stayed well above their records' claimed speed for a run of decode
-    /// steps as leaving: they are moved between steps.
-    fn check_speed(&mut self, hop_us: &[u32]) {
-        let claimed: Vec<u64> = self.route.iter().map(|h| h.claimed_us).collect();
-        for k in self.slow.observe(&claimed, hop_us) {
-            if self.find.is_none() || self.leaving.contains(&k) {
-                continue;
-            }
-            self.event(&format!(
-                "{} took {:.1} ms per step for {SLOW_STEPS} steps, against {:.1} ms its record \
-                 claims; moving its blocks",
-                self.names(&[k]),
-                hop_us.get(k).copied().unwrap_or(0) as f64 / 1e3,
-                claimed[k] as f64 / 1e3
-            ));
-            self.leaving.push(k);
-        }
-    }
-
-    fn names(&self, hops: &[usize]) -> String {
-        let n: Vec<String> = hops
-            .iter()
-            .map(|&k| format!("{} ({})", self.route[k].name, self.route[k].span))
-            .collect();
-        n.join(", ")
-    }
-
-    fn record(&mut self, kind: RepairKind, k: usize, old: &Hop, took: Duration) {
-        let new = &self.route[k];
-        let r = Repair {
-            kind,
-            span: old.span,
-            from: old.name.clone(),
-            to: new.name.clone(),
-            took,
-        };
-        self.event(&format!(
-            "blocks {} moved from {} to {} ({}): {:.0} ms",
-            r.span,
-            r.from,
-            r.to,
-            match kind {
-                RepairKind::Failed => "it failed; the step was repaired and run again",
-                RepairKind::Left => "it is shutting down; moved between steps",
-            },
-            took.as_secs_f64() * 1e3
-        ));
-        self.repairs.push(r);
-    }
-
     async fn try_step(
         &mut self,
         tokens: &[u32],
@@ -603,163 +429,6 @@ impl RemoteSession {
                     return Err(Failure::Fatal(NetError::Remote(e)))
                 }
                 _ => continue,
-            }
-        }
-    }
-
-    /// The hops that do not answer a hello on a new stream in time.
-    async fn probe(&self) -> Vec<usize> {
-        let checks = self.links.iter().zip(&self.route).map(|(l, h)| {
-            let greeting = &self.dialer.greeting;
-            async move {
-                l.conn.close_reason().is_none()
-                    && net::open_stream(&l.conn, &h.peer_id, greeting, PROBE_WAIT)
-                        .await
-                        .is_ok()
-            }
-        });
-        let alive = futures_util::future::join_all(checks).await;
-        (0..alive.len()).filter(|&k| !alive[k]).collect()
-    }
-
-    /// Waits for an `Ack` of this session from `link`.
-    async fn ack(&mut self, link: u64, what: &'static str) -> Result<(), NetError> {
-        let deadline = tokio::time::Instant::now() + REPAIR_WAIT;
-        loop {
-            let (from, msg) = tokio::time::timeout_at(deadline, self.inbox.recv())
-                .await
-                .map_err(|_| NetError::Timeout(REPAIR_WAIT, what))?
-                .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
-            let Some(msg) = self.absorb(from, msg) else {
-                continue;
-            };
-            match msg {
-                Message::Ack(a) if from == link && a.session == self.id => return Ok(()),
-                Message::Error(e) if from == link => return Err(NetError::Remote(e)),
-                Message::Leaving(l) if l.session == self.id => {
-                    if let Some(k) = self.hop_of_link(from).filter(|k| !self.leaving.contains(k)) {
-                        self.leaving.push(k);
-                    }
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    /// Makes every hop but `dead` forget the step in flight.
-    async fn truncate_alive(&mut self, dead: &[usize]) -> Result<(), NetError> {
-        let msg = Message::Truncate(Truncate {
-            session: self.id,
-            seq: self.seq,
-        });
-        for k in 0..self.links.len() {
-            if !dead.contains(&k) {
-                net::write_msg(&mut self.links[k].send, &msg).await?;
-                let id = self.links[k].id;
-                self.ack(id, "a truncation").await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces hop `k` by another node serving its span (none of `exclude`), rebuilding the
-    /// newcomer's cache from what the hop before it sent (or from the tokens, for the first).
-    /// A new first hop is named to the head hop, and the hop the newcomer feeds is told to
-    /// take its steps, unless they are among `dead` (they learn it when they are replaced in
-    /// turn).
-    async fn replace(
-        &mut self,
-        k: usize,
-        exclude: &[PeerId],
-        dead: &[usize],
-    ) -> Result<(), NetError> {
-        let head_alive = !dead.contains(&(self.links.len() - 1));
-        let span = self.route[k].span;
-        let mut exclude = exclude.to_vec();
-        exclude.extend(self.leaving.iter().map(|&h| self.route[h].peer_id));
-        let find = self
-            .find
-            .clone()
-            .ok_or_else(|| NetError::Protocol("this session cannot repair its route".into()))?;
-        let new = find(span, exclude).await.ok_or(NetError::Uncovered(span))?;
-        let mut route = self.route.clone();
-        route[k] = new.clone();
-        let role = Role::in_route(&route, k, self.options.verify > 0.0);
-        let link = self.dialer.link(self.id, &self.options, &new, role).await?;
-        let mut link = Some(link);
-        if k == 0 {
-            let l = link.as_mut().ok_or(NetError::Uncovered(span))?;
-            if self.seq > 0 {
-                let replay = Message::Step(Step {
-                    session: self.id,
-                    seq: self.seq - 1,
-                    tokens: self.fed.clone(),
-                    replay: true,
-                    more: 0,
-                });
-                net::write_msg(&mut l.send, &replay).await?;
-                let id = l.id;
-                self.ack(id, "the replay of the tokens").await?;
-            }
-            // The head hop feeds its tokens to the new first hop (a one-hop route's new hop
-            // feeds itself).
-            let last = self.links.len() - 1;
-            if last > 0 && head_alive {
-                let redirect = Message::Redirect(Redirect {
-                    session: self.id,
-                    next: next_hop(&new),
-                });
-                net::write_msg(&mut self.links[last].send, &redirect).await?;
-                let id = self.links[last].id;
-                self.ack(id, "a new first hop for the head hop").await?;
-            }
-        } else {
-            let redirect = Message::Redirect(Redirect {
-                session: self.id,
-                next: next_hop(&new),
-            });
-            net::write_msg(&mut self.links[k - 1].send, &redirect).await?;
-            let id = self.links[k - 1].id;
-            self.ack(id, "a redirection").await?;
-        }
-        // The hop the newcomer feeds takes its steps from now on (the first hop, for a new head
-        // hop); one that is down as well learns it when it is replaced in turn.
-        let fed = if k + 1 < self.links.len() { k + 1 } else { 0 };
-        if fed != k && !dead.contains(&fed) {
-            let admit = Message::Admit(Admit {
-                session: self.id,
-                peer_id: new.peer_id.to_string(),
-            });
-            net::write_msg(&mut self.links[fed].send, &admit).await?;
-            let id = self.links[fed].id;
-            self.ack(id, "a new hop before").await?;
-        }
-        let mut old = match link.take() {
-            Some(l) => std::mem::replace(&mut self.links[k], l),
-            None => return Err(NetError::Uncovered(span)),
-        };
-        self.route[k] = new;
-        self.leaving.retain(|&h| h != k);
-        self.slow.reset(k);
-        let _ = net::write_msg(&mut old.send, &Message::Close(Close { session: self.id })).await;
-        let _ = old.send.finish();
-        Ok(())
-    }
-
-    /// Moves the hops that said they are leaving, between two steps.
-    async fn move_leaving(&mut self) {
-        while let Some(&k) = self.leaving.first() {
-            let started = Instant::now();
-            let old = self.route[k].clone();
-            match self.replace(k, &[old.peer_id], &[]).await {
-                Ok(()) => self.record(RepairKind::Left, k, &old, started.elapsed()),
-                Err(e) => {
-                    self.event(&format!(
-                        "{} is leaving but cannot be replaced: {e}",
-                        old.name
-                    ));
-                    self.leaving.retain(|&h| h != k);
-                }
             }
         }
     }

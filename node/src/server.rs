@@ -30,10 +30,12 @@ use crate::runtime::Engine;
 use crate::sampling::Sampler;
 use crate::RunError;
 
+mod admit;
 mod limits;
 mod session;
 mod steps;
 
+use admit::owned;
 pub use limits::RateLimit;
 use session::{Ring, Send, Session};
 
@@ -594,167 +596,6 @@ impl Server {
                 format!("unexpected {}", other.name()),
             )),
         }
-    }
-
-    async fn open(&self, o: OpenSession, reply: Send) -> Result<(), ErrorMsg> {
-        let fail = |code, msg: String| error(o.session, 0, code, msg);
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(fail(ErrorCode::Busy, "the node is shutting down".into()));
-        }
-        if o.model_id != self.options.model_id {
-            return Err(fail(
-                ErrorCode::WrongModel,
-                format!("this node serves {}", self.options.model_id),
-            ));
-        }
-        let engine = self.engine();
-        let span = engine.span();
-        if o.span != span {
-            return Err(fail(
-                ErrorCode::WrongSpan,
-                format!("this node serves blocks {span}"),
-            ));
-        }
-        if o.max_tokens as usize > engine.context() {
-            let msg = format!(
-                "{} tokens exceed the context of {}",
-                o.max_tokens,
-                engine.context()
-            );
-            return Err(fail(ErrorCode::TooLarge, msg));
-        }
-        // A span without head passes its output on, or (a check of another hop) taps it to
-        // the opener; the head hop samples.
-        if engine.has_head() && (o.next.is_some() || o.tap)
-            || !engine.has_head() && o.next.is_none() && !o.tap
-        {
-            let msg = "a next hop (or a tap) is needed exactly when the span does not hold head";
-            return Err(fail(ErrorCode::WrongSpan, msg.into()));
-        }
-        if self.open_sessions() >= self.options.max_sessions {
-            return Err(fail(ErrorCode::Busy, "no room for another session".into()));
-        }
-        let cost = engine.kv_cost(o.max_tokens as usize);
-        let free = self.kv_tokens_free();
-        if cost > free {
-            let msg = format!(
-                "no KV room: {} tokens asked ({cost} positions of every layer), {free} free",
-                o.max_tokens
-            );
-            return Err(fail(ErrorCode::Busy, msg));
-        }
-        let next = match &o.next {
-            Some(hop) => Some(
-                self.connect_next(o.session, hop, reply.clone())
-                    .await
-                    .map_err(|e| {
-                        fail(ErrorCode::Downstream, format!("next hop {}: {e}", hop.addr))
-                    })?,
-            ),
-            None => None,
-        };
-        let cache = engine
-            .new_cache()
-            .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
-        let mut session = Session::new(
-            engine,
-            cache,
-            next,
-            reply.clone(),
-            Sampler::new(o.sampling),
-            o.wire_dtype,
-            o.logprobs,
-            o.max_tokens as usize,
-        );
-        let feeders: Vec<PeerId> = o
-            .feeders
-            .iter()
-            .map(|f| f.parse())
-            .collect::<Result<_, _>>()
-            .map_err(|_| fail(ErrorCode::Malformed, "a feeder is not a peer id".into()))?;
-        session.tap = o.tap;
-        session.perturb = self.options.fault_perturb;
-        if o.next.is_none() {
-            session.ring = o.ring.clone().map(|first| Ring {
-                first,
-                send: None,
-                stop_ids: o.stop_ids.clone(),
-            });
-        }
-        // Admission again, under the lock: other sessions may have opened meanwhile.
-        let admitted = match self.sessions.lock() {
-            Ok(mut sessions) => {
-                let free = self.kv_free_among(&sessions);
-                if sessions.contains_key(&o.session) {
-                    Err((ErrorCode::Malformed, "the session is already open"))
-                } else if sessions.len() >= self.options.max_sessions || cost > free {
-                    Err((ErrorCode::Busy, "no room for another session"))
-                } else {
-                    let slot = Slot {
-                        cost,
-                        session: Arc::new(AsyncMutex::new(session)),
-                        feeders: feeders.clone(),
-                    };
-                    sessions.insert(o.session, slot);
-                    Ok(())
-                }
-            }
-            Err(_) => Err((ErrorCode::Internal, "the session table is broken")),
-        };
-        admitted.map_err(|(code, why)| fail(code, why.into()))?;
-        info!("session {:016x} opened", o.session);
-        Self::reply(
-            &reply,
-            Message::SessionOpened(SessionOpened { session: o.session }),
-        )
-        .await;
-        Ok(())
-    }
-}
-
-impl Server {
-    /// Steps come on the stream that opened the session, or from a peer it names as a feeder
-    /// (the hop before it): no other peer that learned the session's id can inject any.
-    fn may_feed(
-        &self,
-        opened: &[u64],
-        peer: PeerId,
-        session: u64,
-        seq: u64,
-    ) -> Result<(), ErrorMsg> {
-        if opened.contains(&session) {
-            return Ok(());
-        }
-        let sessions = self.sessions.lock().map_err(|_| {
-            error(
-                session,
-                seq,
-                ErrorCode::Internal,
-                "the session table is broken",
-            )
-        })?;
-        match sessions.get(&session) {
-            None => Err(unknown(session, seq)),
-            Some(slot) if slot.feeders.contains(&peer) => Ok(()),
-            Some(_) => Err(error(
-                session,
-                seq,
-                ErrorCode::Forbidden,
-                "this peer does not feed the session",
-            )),
-        }
-    }
-}
-
-/// Truncate, Redirect, Admit and Close are the opener's: they must come on the stream that opened the
-/// session (its client's link), never from another stream or peer that learned the id, such as
-/// a hop of the route.
-fn owned(opened: &[u64], session: u64, seq: u64) -> Result<(), ErrorMsg> {
-    if opened.contains(&session) {
-        Ok(())
-    } else {
-        let msg = "the session was not opened on this stream";
-        Err(error(session, seq, ErrorCode::Forbidden, msg))
     }
 }
 
