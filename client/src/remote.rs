@@ -142,6 +142,8 @@ pub struct RemoteSession {
     pub repairs: Vec<Repair>,
     slow: SlowHops,
     verify: Option<verify::Verify>,
+    /// Messages taken from the inbox while waiting for taps, for the next reader.
+    early: std::collections::VecDeque<(u64, Message)>,
 }
 
 fn random_id() -> u64 {
@@ -223,6 +225,7 @@ impl RemoteSession {
             repairs: Vec::new(),
             slow: SlowHops::default(),
             verify: None,
+            early: Default::default(),
         })
     }
 
@@ -244,6 +247,18 @@ impl RemoteSession {
     fn event(&self, line: &str) {
         if let Some(f) = &self.on_event {
             f(line);
+        }
+    }
+
+    /// The next message from any link: one set aside while waiting for taps, else the inbox's
+    /// (`Err` when `until` passes first).
+    async fn next_message(
+        &mut self,
+        until: tokio::time::Instant,
+    ) -> Result<Option<(u64, Message)>, tokio::time::error::Elapsed> {
+        match self.early.pop_front() {
+            Some(m) => Ok(Some(m)),
+            None => tokio::time::timeout_at(until, self.inbox.recv()).await,
         }
     }
 
@@ -388,7 +403,7 @@ impl RemoteSession {
             } else {
                 deadline.min(start + PROBE_AFTER)
             };
-            let (link, msg) = match tokio::time::timeout_at(until, self.inbox.recv()).await {
+            let (link, msg) = match self.next_message(until).await {
                 Ok(Some((link, msg))) => match self.absorb(link, msg) {
                     Some(msg) => (link, msg),
                     None => continue,

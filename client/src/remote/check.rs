@@ -167,12 +167,9 @@ impl RemoteSession {
                 .await
                 .map_err(|_| NetError::Timeout(wait, "a hop's tap"))?
                 .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
-            if let Some(Message::Leaving(l)) = self.absorb(link, msg) {
-                if let Some(k) = self.hop_of_link(link).filter(|k| !self.leaving.contains(k)) {
-                    if l.session == self.id {
-                        self.leaving.push(k);
-                    }
-                }
+            // Anything else (the token of a step the head hop started) waits for its reader.
+            if let Some(msg) = self.absorb(link, msg) {
+                self.early.push_back((link, msg));
             }
         }
         Ok(())

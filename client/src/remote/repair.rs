@@ -76,7 +76,8 @@ impl RemoteSession {
     pub(super) async fn ack(&mut self, link: u64, what: &'static str) -> Result<(), NetError> {
         let deadline = tokio::time::Instant::now() + REPAIR_WAIT;
         loop {
-            let (from, msg) = tokio::time::timeout_at(deadline, self.inbox.recv())
+            let (from, msg) = self
+                .next_message(deadline)
                 .await
                 .map_err(|_| NetError::Timeout(REPAIR_WAIT, what))?
                 .ok_or_else(|| NetError::Protocol("every hop closed its stream".into()))?;
