@@ -13,6 +13,7 @@
 // Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bans;
 pub mod chat;
 pub mod generate;
 pub mod local;

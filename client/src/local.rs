@@ -69,7 +69,7 @@ impl LocalSwarm {
                 idle_timeout: std::time::Duration::from_secs(300),
                 swarm_key: None,
                 allow: Vec::new(),
-                fault_perturb: 0.0,
+                faults: Default::default(),
             };
             let node = join(options, generate_identity(), &mut |d, t| progress(i, d, t)).await?;
             if bootstrap.is_empty() {

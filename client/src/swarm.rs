@@ -49,7 +49,8 @@ pub struct SwarmClient {
     greeting: Greeting,
     /// Model descriptions already checked against their ids.
     infos: Arc<std::sync::Mutex<HashMap<String, ModelInfo>>>,
-    /// Peers found computing wrong hidden states: left out of routes for the client's lifetime.
+    /// Peers found computing wrong outputs (by this client, or by clients of this machine in the
+    /// last day): left out of routes.
     pub banned: Banned,
 }
 
@@ -109,7 +110,13 @@ impl SwarmClient {
             access,
             greeting,
             infos: Arc::default(),
-            banned: Banned::default(),
+            // Nodes this machine's clients found lying in the last day stay out of routes.
+            banned: Arc::new(std::sync::Mutex::new(
+                crate::bans::recent()
+                    .iter()
+                    .filter_map(|b| b.peer_id.parse().ok())
+                    .collect(),
+            )),
         })
     }
 

@@ -63,8 +63,17 @@ pub struct JoinOptions {
     /// The data-plane address to announce instead of the one the node binds, for a node
     /// reached through port forwarding or a relay.
     pub public_addr: Option<SocketAddr>,
-    /// Fault injection for tests (see `ServerOptions::fault_perturb`); 0 serves honestly.
-    pub fault_perturb: f32,
+    /// Fault injection for tests; the default serves honestly.
+    pub faults: Faults,
+}
+
+/// Ways a node can be made to misbehave on purpose, for tests of what clients do about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// See `ServerOptions::fault_perturb`.
+    pub perturb: f32,
+    /// Announce this decode speed instead of the measured one.
+    pub claim_tokens_per_s: Option<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +301,8 @@ pub async fn join(
         }
     };
     let engine = Arc::new(Engine::load(&model, span, opts.engine, progress)?);
-    let tokens_per_s = measure(&engine)?;
+    let measured = measure(&engine)?;
+    let tokens_per_s = opts.faults.claim_tokens_per_s.unwrap_or(measured);
     info!(
         "serving blocks {span} of {} on {}: {tokens_per_s:.1} tokens/s",
         model.name(),
@@ -322,7 +332,7 @@ pub async fn join(
             model_info,
             swarm_key: opts.swarm_key,
             allow: (!opts.allow.is_empty()).then(|| opts.allow.iter().copied().collect()),
-            fault_perturb: opts.fault_perturb,
+            fault_perturb: opts.faults.perturb,
             ..ServerOptions::new(opts.name.clone(), id.clone())
         },
     )?;

@@ -59,6 +59,12 @@ async fn serve_liar(endpoint: quinn::Endpoint, key: Keypair, model_id: String) {
     }
 }
 
+/// The tests of this file run one at a time: each starts its own swarm of processes.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn record(key: &Keypair, model_id: &str, addr: SocketAddr) -> NodeRecord {
     NodeRecord {
         peer_id: key.public().to_peer_id().to_string(),
@@ -133,6 +139,7 @@ fn generate_watched(boot: &str) -> (String, f64) {
 
 #[test]
 fn lying_records_and_a_stalling_node_change_nothing() {
+    let _one_at_a_time = serial();
     let m = demo_model();
     let m = m.to_str().unwrap();
     let a = NodeProcess::start(&["--model", m, "--span", "0..15", "--name", "a"]).unwrap();
@@ -226,11 +233,13 @@ fn lying_records_and_a_stalling_node_change_nothing() {
     drop(rt);
 }
 
-/// A node that serves its span but scales its hidden states by up to 30%: with verification on
-/// (the default), the client finds it at the first check, a third node confirms, the liar is
-/// banned, and the text is exactly what honest nodes give.
+/// A node that serves its span but scales its outputs by up to 30% (and claims a speed that
+/// puts it on the route): with checks on (the default), the client finds it at the prompt's
+/// check, a third node confirms, the liar is banned and replaced, and the text is exactly what
+/// honest nodes give.
 #[test]
 fn a_node_computing_wrong_hidden_states_is_caught_banned_and_replaced() {
+    let _one_at_a_time = serial();
     let m = demo_model();
     let m = m.to_str().unwrap();
     let a = NodeProcess::start(&["--model", m, "--span", "0..15", "--name", "a"]).unwrap();
@@ -252,10 +261,12 @@ fn a_node_computing_wrong_hidden_states_is_caught_banned_and_replaced() {
     };
     let _b = honest_node("b");
     let honest = generate(&boot);
-    // The liar computes with two threads, so that it measures itself faster and routes
-    // prefer it.
+    // The liar also claims to be fast, so that routes take it.
     let _liar = NodeProcess::start_with(
-        &[("BATON_FAULT_PERTURB", "0.3")],
+        &[
+            ("BATON_FAULT_PERTURB", "0.3"),
+            ("BATON_FAULT_CLAIM", "5000"),
+        ],
         &[
             "--model",
             m,
@@ -263,8 +274,6 @@ fn a_node_computing_wrong_hidden_states_is_caught_banned_and_replaced() {
             "15..30",
             "--name",
             "liar",
-            "--threads",
-            "2",
             "--bootstrap",
             &boot,
         ],
@@ -275,12 +284,12 @@ fn a_node_computing_wrong_hidden_states_is_caught_banned_and_replaced() {
 
     // Without checks, a route through the liar gives other text.
     let (unchecked, err) = generate_with(&boot, &["--verify", "0", "--stats"]);
-    let through_liar = err
-        .lines()
-        .any(|l| l.starts_with("route:") && l.contains("liar"));
-    if through_liar {
-        assert_ne!(unchecked, honest, "the liar's perturbation changes nothing");
-    }
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("route:") && l.contains("liar")),
+        "the route does not take the liar:\n{err}"
+    );
+    assert_ne!(unchecked, honest, "the liar's perturbation changes nothing");
     let started = std::time::Instant::now();
     let (checked, err) = generate_with(&boot, &["--stats"]);
     eprintln!(
@@ -292,5 +301,19 @@ fn a_node_computing_wrong_hidden_states_is_caught_banned_and_replaced() {
         err.lines()
             .any(|l| l.contains("liar") && l.contains("banned")),
         "the liar was not banned:\n{err}"
+    );
+    // `baton swarm` marks it, and later clients leave it out.
+    let (ok, out, err) = baton(&["swarm", "--bootstrap", &boot]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("liar") && l.contains("BANNED")),
+        "{out}"
+    );
+    let (again, err) = generate_with(&boot, &["--stats"]);
+    assert_eq!(again, honest);
+    assert!(
+        !err.contains("-> liar"),
+        "a later client routed through the liar:\n{err}"
     );
 }

@@ -45,13 +45,15 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
         .collect();
     models.sort();
     models.dedup();
+    let bans = baton_client::bans::recent();
+    let banned = |peer: &str| bans.iter().any(|b| b.peer_id == peer);
     println!(
         "{:<14} {:<10} {:<8} {:<28} {:>9} {:>10} {:>12}  peer",
         "name", "span", "model", "backend", "mem free", "tokens/s", "free KV"
     );
     for r in &nodes {
         println!(
-            "{:<14} {:<10} {:<8} {:<28} {:>6.1} GiB {:>10.1} {:>12}  {}",
+            "{:<14} {:<10} {:<8} {:<28} {:>6.1} GiB {:>10.1} {:>12}  {}{}",
             r.name,
             r.span.to_string(),
             &r.model_id[..8.min(r.model_id.len())],
@@ -59,7 +61,8 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
             gib(r.memory_free),
             r.tokens_per_s,
             r.kv_tokens_free,
-            r.peer_id
+            r.peer_id,
+            if banned(&r.peer_id) { "  BANNED" } else { "" }
         );
     }
     for (id, name, blocks) in models {
@@ -78,6 +81,19 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
         } else {
             let m: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
             println!("  UNCOVERED: {}", m.join(", "));
+        }
+    }
+    if !bans.is_empty() {
+        println!("\nbanned by clients of this machine (for a day; routes leave them out):");
+        for b in &bans {
+            let ago = baton_node::dht::now_unix().saturating_sub(b.at_unix);
+            println!(
+                "  {} ({}) {}, {} min ago",
+                b.name,
+                b.peer_id,
+                b.what,
+                ago / 60
+            );
         }
     }
     Ok(())

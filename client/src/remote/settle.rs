@@ -94,6 +94,8 @@ impl RemoteSession {
                 b.insert(hop.peer_id);
             }
         }
+        let what = format!("computed blocks {} wrong", hop.span);
+        crate::bans::remember(&hop.peer_id, &hop.name, &what);
     }
 
     /// Replaces the lying hop at route position `k`, after cutting every hop back to the step

@@ -3,8 +3,8 @@
 //! its output to the client, and every few steps (an audit) a checker — another node serving
 //! the same span, with a session of its own — computes the hop's span again from the same
 //! inputs, for every position since the last audit in one batched step. The head hop is checked
-//! by its greedy token. When a hop and its checker disagree, a third node decides from the whole
-//! history; the node that disagrees with it is banned for the client's lifetime, and a lying
+//! by its greedy token and its log-probability after each step. When a hop and its checker disagree, a third node decides from the whole
+//! history; the node that disagrees with it is banned (see [`crate::bans`]), and a lying
 //! route hop is replaced, the hops' caches cut back to the first wrong step, and the steps since
 //! then run again, so the generation goes on from correct state.
 

@@ -111,7 +111,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
             .map(baton_node::net::read_swarm_key)
             .transpose()?,
         allow: a.allow_peer.clone(),
-        fault_perturb: fault_perturb()?,
+        faults: faults()?,
     };
     let bar = super::progress_bar(&a.model.model);
     let node = join(options, key, &mut |done, total| {
@@ -162,20 +162,24 @@ async fn stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `BATON_FAULT_PERTURB=S` makes the node compute wrong activations on purpose (each value
-/// scaled by up to S), for testing that clients catch and ban such a node. Never set it
-/// otherwise.
-fn fault_perturb() -> anyhow::Result<f32> {
-    let Ok(v) = std::env::var("BATON_FAULT_PERTURB") else {
-        return Ok(0.0);
+/// Fault injection, for testing what clients do about a misbehaving node; never set otherwise.
+/// `BATON_FAULT_PERTURB=S` makes the node compute wrong outputs (each value scaled by up to
+/// S); `BATON_FAULT_CLAIM=T` makes it announce T decode tokens/s whatever it measured.
+fn faults() -> anyhow::Result<baton_node::join::Faults> {
+    let var = |name: &str| -> anyhow::Result<Option<f32>> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(v) => {
+                let x: f32 = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name}={v} is not a number"))?;
+                tracing::warn!("{name}={x}: this node misbehaves on purpose");
+                Ok(Some(x))
+            }
+        }
     };
-    let share: f32 = v
-        .parse()
-        .map_err(|_| anyhow::anyhow!("BATON_FAULT_PERTURB={v} is not a number"))?;
-    if share != 0.0 {
-        tracing::warn!(
-            "BATON_FAULT_PERTURB={share}: this node computes wrong activations on purpose"
-        );
-    }
-    Ok(share)
+    Ok(baton_node::join::Faults {
+        perturb: var("BATON_FAULT_PERTURB")?.unwrap_or(0.0),
+        claim_tokens_per_s: var("BATON_FAULT_CLAIM")?,
+    })
 }
