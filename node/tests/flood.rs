@@ -14,7 +14,7 @@ use baton_protocol::wire::{
     TokenOut, Truncate,
 };
 use baton_protocol::{HiddenStates, Span, WireDtype};
-use baton_tests::{binary, demo_model, NodeProcess};
+use baton_tests::{binary, demo_model, runtime, NodeProcess};
 
 /// `VmHWM` (peak) and `VmRSS` of a process, in MiB.
 fn memory_mib(pid: u32) -> (f64, f64) {
@@ -205,11 +205,7 @@ fn a_flooded_node_keeps_serving_correct_tokens_in_bounded_memory() {
     let (addr, peer) = data_plane(&node);
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicUsize::new(0));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let attackers: Vec<_> = (0..12)
         .map(|_| rt.spawn(attack(addr, peer, stop.clone(), errors.clone())))
         .collect();
@@ -231,16 +227,6 @@ fn a_flooded_node_keeps_serving_correct_tokens_in_bounded_memory() {
     assert_eq!(generate(&node.bootstrap), reference);
 }
 
-/// The model id a node's banner names.
-fn model_id(node: &NodeProcess) -> String {
-    node.banner
-        .split("model id ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("the banner names the model id")
-        .to_string()
-}
-
 /// Truncate, Redirect, Admit, Close and steps of a session from another peer, or from another
 /// stream of the same peer, are refused, and the session steps on unharmed. Any stream once
 /// could end, rewind or feed anyone's session by its id.
@@ -257,18 +243,14 @@ fn only_the_stream_that_opened_a_session_controls_it() {
     ])
     .unwrap();
     let (addr, peer) = data_plane(&node);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let owner = Client::connect(addr, peer).await;
         let (mut send, mut recv) = owner.stream().await.expect("a stream");
         let Message::OpenSession(mut o) = open(7, 64) else {
             unreachable!()
         };
-        o.model_id = model_id(&node);
+        o.model_id = node.model_id();
         net::write_msg(&mut send, &Message::OpenSession(o))
             .await
             .unwrap();
@@ -345,14 +327,10 @@ fn a_node_refuses_sessions_beyond_its_kv_room_with_a_reason() {
     ])
     .unwrap();
     let (addr, peer) = data_plane(&node);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (held, refusal) = rt.block_on(async {
         let c = Client::connect(addr, peer).await;
-        let model_id = model_id(&node);
+        let model_id = node.model_id();
         let mut streams = Vec::new();
         for session in 1u64.. {
             let (mut send, mut recv) = c.stream().await.expect("a stream");

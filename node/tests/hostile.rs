@@ -14,7 +14,7 @@ use baton_node::net::{self, generate_identity, Access, Greeting, Keypair};
 use baton_protocol::record::NodeRecord;
 use baton_protocol::wire::{Message, ModelInfo, TokenizerSpec};
 use baton_protocol::{Span, PROTOCOL_VERSION};
-use baton_tests::{baton, demo_model, NodeProcess};
+use baton_tests::{baton, demo_model, runtime, NodeProcess};
 
 /// Serves a liar's data plane: hellos and pings as a node would, a forged model description,
 /// and sessions that never open.
@@ -155,20 +155,10 @@ fn lying_records_and_a_stalling_node_change_nothing() {
         &boot,
     ])
     .unwrap();
-    let model_id = a
-        .banner
-        .split("model id ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .expect("the banner names the model id")
-        .to_string();
+    let model_id = a.model_id();
     let honest = generate(&boot);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _liars = rt.block_on(async {
         let access = Access {
             swarm_key: None,

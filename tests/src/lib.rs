@@ -295,6 +295,27 @@ impl NodeProcess {
     }
 }
 
+impl NodeProcess {
+    /// The model id its banner names.
+    pub fn model_id(&self) -> String {
+        self.banner
+            .split("model id ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .expect("the banner names the model id")
+            .to_string()
+    }
+}
+
+/// A two-thread runtime for a test that talks to nodes itself.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
