@@ -8,10 +8,18 @@ use crate::arch::{ModelConfig, Rope};
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
 use crate::model::ModelFile;
+use crate::pass::Pass;
 
-/// One decoder block: reads the residual stream `x` and adds its contribution in place.
+/// One decoder block: reads the residual stream `x` of a pass and adds its contribution in
+/// place; `kvs` are the layer's caches of the pass's sessions, one per segment.
 pub trait Block<B: Backend>: Send + Sync {
-    fn forward(&self, be: &B, x: &mut B::Act, kv: &mut B::Kv, pos0: usize) -> Result<(), RunError>;
+    fn forward(
+        &self,
+        be: &B,
+        x: &mut B::Act,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
+    ) -> Result<(), RunError>;
 }
 
 /// Loads the weights of block `i` under GGUF's names (`blk.{i}.{part}.weight`).
@@ -130,15 +138,19 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// Attention over the normed input `xn`; appends to the layer's cache.
+    /// Attention over the normed input `xn`; each segment of the pass appends to its session's
+    /// cache and attends over it.
     pub fn forward(
         &self,
         be: &B,
         xn: &B::Act,
-        kv: &mut B::Kv,
-        pos0: usize,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
     ) -> Result<B::Act, RunError> {
-        let mut qkv = be.linear(&[&self.wq, &self.wk, &self.wv], xn)?.into_iter();
+        let decode = pass.decode_rows();
+        let mut qkv = be
+            .linear(&[&self.wq, &self.wk, &self.wv], xn, decode)?
+            .into_iter();
         let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             return Err(RunError::Backend("linear returned too few outputs".into()));
         };
@@ -151,12 +163,45 @@ impl<B: Backend> Attention<B> {
             q = be.rmsnorm(&q, nq, self.eps)?;
             k = be.rmsnorm(&k, nk, self.eps)?;
         }
+        let segments = pass.segments();
+        if kvs.len() != segments.len() {
+            return Err(RunError::Backend(format!(
+                "{} caches for {} steps",
+                kvs.len(),
+                segments.len()
+            )));
+        }
+        let att = match (segments, kvs) {
+            ([s], [kv]) => self.attend(be, q, k, &v, kv, s.pos0)?,
+            (segments, kvs) => {
+                let mut parts = Vec::with_capacity(segments.len());
+                for (s, kv) in segments.iter().zip(kvs.iter_mut()) {
+                    let q = be.rows(&q, s.start, s.len)?;
+                    let k = be.rows(&k, s.start, s.len)?;
+                    let v = be.rows(&v, s.start, s.len)?;
+                    parts.push(self.attend(be, q, k, &v, kv, s.pos0)?);
+                }
+                be.concat(&parts)?
+            }
+        };
+        Ok(be.linear(&[&self.wo], &att, decode)?.remove(0))
+    }
+
+    /// One session's rows: RoPE at its positions, then attention over its cache.
+    fn attend(
+        &self,
+        be: &B,
+        mut q: B::Act,
+        mut k: B::Act,
+        v: &B::Act,
+        kv: &mut B::Kv,
+        pos0: usize,
+    ) -> Result<B::Act, RunError> {
         let hd = self.shape.head_dim;
         let (inv, f, il) = (&self.inv_freq, self.rope_factor, self.interleaved);
         be.rope(&mut q, pos0, hd, inv, f, il)?;
         be.rope(&mut k, pos0, hd, inv, f, il)?;
-        let att = be.attention(&q, &k, &v, kv, pos0, &self.shape)?;
-        Ok(be.linear(&[&self.wo], &att)?.remove(0))
+        be.attention(&q, &k, v, kv, pos0, &self.shape)
     }
 }
 
@@ -186,8 +231,9 @@ impl<B: Backend> Mlp<B> {
         })
     }
 
-    pub fn forward(&self, be: &B, xn: &B::Act) -> Result<B::Act, RunError> {
-        let mut gu = be.linear(&[&self.gate, &self.up], xn)?.into_iter();
+    /// Over the rows of a pass whose first `decode` rows are decode steps'.
+    pub fn forward(&self, be: &B, xn: &B::Act, decode: usize) -> Result<B::Act, RunError> {
+        let mut gu = be.linear(&[&self.gate, &self.up], xn, decode)?.into_iter();
         let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
             return Err(RunError::Backend("linear returned too few outputs".into()));
         };
@@ -195,7 +241,7 @@ impl<B: Backend> Mlp<B> {
             Activation::Silu => be.silu_mul(&mut g, &u)?,
             Activation::GeluTanh => be.gelu_mul(&mut g, &u)?,
         }
-        Ok(be.linear(&[&self.down], &g)?.remove(0))
+        Ok(be.linear(&[&self.down], &g, decode)?.remove(0))
     }
 }
 
@@ -209,12 +255,18 @@ pub struct PreNormBlock<B: Backend> {
 }
 
 impl<B: Backend> Block<B> for PreNormBlock<B> {
-    fn forward(&self, be: &B, x: &mut B::Act, kv: &mut B::Kv, pos0: usize) -> Result<(), RunError> {
+    fn forward(
+        &self,
+        be: &B,
+        x: &mut B::Act,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
+    ) -> Result<(), RunError> {
         let xn = be.rmsnorm(x, &self.attn_norm, self.eps)?;
-        let o = self.attn.forward(be, &xn, kv, pos0)?;
+        let o = self.attn.forward(be, &xn, kvs, pass)?;
         be.add(x, &o)?;
         let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
-        let d = self.mlp.forward(be, &xn)?;
+        let d = self.mlp.forward(be, &xn, pass.decode_rows())?;
         be.add(x, &d)
     }
 }

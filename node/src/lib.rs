@@ -20,6 +20,7 @@ pub mod join;
 pub mod layers;
 pub mod model;
 pub mod net;
+pub mod pass;
 pub mod runtime;
 pub mod sampling;
 pub mod server;

@@ -244,6 +244,73 @@ impl Cache {
         each_cache!(self, s, c => s.forward(c, input, logits))
     }
 
+    /// Whether two caches belong to the same loaded span, so that their steps can share a pass.
+    pub fn same_span(&self, other: &Cache) -> bool {
+        match (self, other) {
+            (Cache::Cpu(a, _), Cache::Cpu(b, _)) => Arc::ptr_eq(a, b),
+            (Cache::Gpu(a, _), Cache::Gpu(b, _)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The tokens of a step, or an error for input the span does not take.
+    pub fn step_tokens(&self, input: &SpanInput) -> Result<usize, RunError> {
+        match input {
+            SpanInput::Tokens(ids) => Ok(ids.len()),
+            SpanInput::Hidden(h) => {
+                let width = self.hidden().max(1);
+                if h.len() % width != 0 {
+                    return Err(RunError::HiddenShape {
+                        got: h.len(),
+                        width,
+                    });
+                }
+                Ok(h.len() / width)
+            }
+        }
+    }
+
+    /// Refuses a step of `tokens` that would not fit the context, before any of it runs.
+    pub fn check_room(&self, tokens: usize) -> Result<(), RunError> {
+        if self.pos() + tokens > self.context() {
+            return Err(RunError::ContextFull {
+                want: self.pos() + tokens,
+                max: self.context(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One pass over a step of each session (see [`DecoderSpan::forward_batch`]); the caches
+    /// must belong to one span ([`Cache::same_span`]). On an error, caches may hold part of the
+    /// pass: the caller truncates them.
+    pub fn forward_pass(
+        caches: &mut [&mut Cache],
+        inputs: &[SpanInput],
+        logits: Logits,
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        macro_rules! pass {
+            ($variant:ident, $span:expr) => {{
+                let span = $span.clone();
+                let mut cs = Vec::with_capacity(caches.len());
+                for cache in caches.iter_mut() {
+                    match &mut **cache {
+                        Cache::$variant(s, c) if Arc::ptr_eq(s, &span) => cs.push(c),
+                        _ => return Err(RunError::Backend("a pass over two spans".into())),
+                    }
+                }
+                span.forward_batch(&mut cs, inputs, logits)
+            }};
+        }
+        match caches.first() {
+            None => Ok(Vec::new()),
+            Some(first) => match &**first {
+                Cache::Cpu(span, _) => pass!(Cpu, span),
+                Cache::Gpu(span, _) => pass!(Gpu, span),
+            },
+        }
+    }
+
     /// Runs `input` in chunks of [`PREFILL_CHUNK`], handing each chunk's output to `each`. On
     /// an error the cache is rolled back to where the step began.
     pub fn run_chunked(

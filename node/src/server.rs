@@ -31,11 +31,13 @@ use crate::sampling::Sampler;
 use crate::RunError;
 
 mod admit;
+mod batch;
 mod limits;
 mod session;
 mod steps;
 
 use admit::owned;
+pub use batch::PassStats;
 pub use limits::RateLimit;
 use session::{Ring, Send, Session};
 
@@ -107,6 +109,8 @@ pub struct Server {
     /// Set when the node is shutting down: no new sessions.
     draining: AtomicBool,
     greeting: net::Greeting,
+    /// Runs the steps of all sessions, batched into passes.
+    batcher: batch::Batcher,
 }
 
 fn error(session: u64, seq: u64, code: ErrorCode, message: impl Into<String>) -> ErrorMsg {
@@ -171,6 +175,7 @@ impl Server {
             downstream: AsyncMutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            batcher: batch::Batcher::start()?,
         }))
     }
 
@@ -215,6 +220,11 @@ impl Server {
     /// The model's context length: the KV tokens one session may take.
     pub fn context(&self) -> usize {
         self.engine().context()
+    }
+
+    /// What the passes of this node did so far.
+    pub fn pass_stats(&self) -> &PassStats {
+        &self.batcher.stats
     }
 
     pub fn open_sessions(&self) -> usize {

@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::error::{Error, RunError};
 use crate::layers::Block;
 use crate::model::ModelFile;
+use crate::pass::Pass;
 
 /// The weights of one span, resident on its backend.
 pub struct DecoderSpan<B: Backend> {
@@ -138,58 +139,142 @@ impl<B: Backend + 'static> DecoderSpan<B> {
         input: SpanInput,
         logits: Logits,
     ) -> Result<Vec<f32>, RunError> {
+        let mut out = self.forward_batch(&mut [cache], &[input], logits)?;
+        out.pop().ok_or(RunError::Empty)
+    }
+
+    /// Runs one step of each session as one pass (see [`Pass`]): step `i` of `inputs` with
+    /// `caches[i]`, each output as [`DecoderSpan::forward`] gives it and the same as that step
+    /// alone would give. On an error, caches may hold part of the pass: the caller truncates.
+    pub fn forward_batch(
+        &self,
+        caches: &mut [&mut SpanCache<B>],
+        inputs: &[SpanInput],
+        logits: Logits,
+    ) -> Result<Vec<Vec<f32>>, RunError> {
         let c = &self.config;
         let be = &self.backend;
-        let mut x = match (input, &self.embed) {
-            (SpanInput::Tokens(ids), Some(table)) => {
-                if ids.is_empty() {
-                    return Err(RunError::Empty);
-                }
-                let mut x = be.embed(table, ids)?;
+        if caches.len() != inputs.len() {
+            return Err(RunError::Backend(format!(
+                "{} caches for {} steps",
+                caches.len(),
+                inputs.len()
+            )));
+        }
+        let lens = inputs
+            .iter()
+            .map(|input| self.input_tokens(input))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (len, cache) in lens.iter().zip(caches.iter()) {
+            if cache.pos + len > c.context {
+                return Err(RunError::ContextFull {
+                    want: cache.pos + len,
+                    max: c.context,
+                });
+            }
+        }
+        let order = crate::pass::order(&lens);
+        let pass = Pass::new(order.iter().map(|&i| (lens[i], caches[i].pos)))?;
+        let mut x = match &self.embed {
+            Some(table) => {
+                let ids: Vec<u32> = order
+                    .iter()
+                    .flat_map(|&i| match inputs[i] {
+                        SpanInput::Tokens(ids) => ids,
+                        SpanInput::Hidden(_) => &[],
+                    })
+                    .copied()
+                    .collect();
+                let mut x = be.embed(table, &ids)?;
                 if let Some(s) = c.embed_scale() {
                     be.scale(&mut x, s)?;
                 }
                 x
             }
-            (SpanInput::Hidden(hs), None) => {
-                if hs.is_empty() {
-                    return Err(RunError::Empty);
+            None => {
+                let hs: Vec<f32> = order
+                    .iter()
+                    .flat_map(|&i| match inputs[i] {
+                        SpanInput::Hidden(h) => h,
+                        SpanInput::Tokens(_) => &[],
+                    })
+                    .copied()
+                    .collect();
+                be.upload(&hs, c.hidden)?
+            }
+        };
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let mut kvs = Vec::with_capacity(order.len());
+            let mut slots: Vec<Option<&mut B::Kv>> = caches
+                .iter_mut()
+                .map(|cache| cache.layers.get_mut(layer))
+                .collect();
+            for &i in &order {
+                let kv = slots[i]
+                    .take()
+                    .ok_or_else(|| RunError::Backend(format!("a cache without layer {layer}")))?;
+                kvs.push(kv);
+            }
+            b.forward(be, &mut x, &mut kvs, &pass)?;
+        }
+        for (len, cache) in lens.iter().zip(caches.iter_mut()) {
+            cache.pos += len;
+        }
+        // Rows out of the pass, per segment in pass order.
+        let (y, rows): (B::Act, Vec<usize>) =
+            match (&self.norm, self.head.as_ref().or(self.embed.as_ref())) {
+                (Some(norm), Some(head)) => {
+                    let (x, rows, decode) = match logits {
+                        Logits::Last => {
+                            let last = pass
+                                .segments()
+                                .iter()
+                                .map(|s| be.rows(&x, s.start + s.len - 1, 1))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let n = last.len();
+                            (be.concat(&last)?, vec![1; n], n)
+                        }
+                        Logits::All => {
+                            let rows = pass.segments().iter().map(|s| s.len).collect();
+                            (x, rows, pass.decode_rows())
+                        }
+                    };
+                    let xn = be.rmsnorm(&x, norm, c.rms_eps)?;
+                    (be.linear(&[head], &xn, decode)?.remove(0), rows)
                 }
+                _ => (x, pass.segments().iter().map(|s| s.len).collect()),
+            };
+        let y = be.download(&y)?;
+        let width = y.len() / rows.iter().sum::<usize>().max(1);
+        let mut outs = vec![Vec::new(); order.len()];
+        let mut at = 0;
+        for (&i, n) in order.iter().zip(rows) {
+            outs[i] = y[at * width..(at + n) * width].to_vec();
+            at += n;
+        }
+        Ok(outs)
+    }
+
+    /// The tokens of a step, checked against what the span takes.
+    fn input_tokens(&self, input: &SpanInput) -> Result<usize, RunError> {
+        let c = &self.config;
+        let n = match (input, &self.embed) {
+            (SpanInput::Tokens(ids), Some(_)) => ids.len(),
+            (SpanInput::Hidden(hs), None) => {
                 if hs.len() % c.hidden != 0 {
                     return Err(RunError::HiddenShape {
                         got: hs.len(),
                         width: c.hidden,
                     });
                 }
-                be.upload(hs, c.hidden)?
+                hs.len() / c.hidden
             }
             (SpanInput::Tokens(_), None) => return Err(RunError::NeedsHidden),
             (SpanInput::Hidden(_), Some(_)) => return Err(RunError::NeedsTokens),
         };
-        let tokens = be.tokens(&x);
-        let pos0 = cache.pos;
-        if pos0 + tokens > c.context {
-            return Err(RunError::ContextFull {
-                want: pos0 + tokens,
-                max: c.context,
-            });
+        if n == 0 {
+            return Err(RunError::Empty);
         }
-        for (b, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            b.forward(be, &mut x, kv, pos0)?;
-        }
-        cache.pos = pos0 + tokens;
-        match (&self.norm, self.head.as_ref().or(self.embed.as_ref())) {
-            (Some(norm), Some(head)) => {
-                let rows = match logits {
-                    Logits::Last => 1,
-                    Logits::All => tokens,
-                };
-                let x = be.tail(&x, rows)?;
-                let xn = be.rmsnorm(&x, norm, c.rms_eps)?;
-                let out = be.linear(&[head], &xn)?.remove(0);
-                be.download(&out)
-            }
-            _ => be.download(&x),
-        }
+        Ok(n)
     }
 }

@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::error::{Error, LoadError, RunError};
 use crate::layers::{Activation, Attention, AttentionOptions, Block, Loader, Mlp};
 use crate::model::ModelFile;
+use crate::pass::Pass;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gemma3 {
@@ -172,13 +173,19 @@ struct Gemma3Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> for Gemma3Block<B> {
-    fn forward(&self, be: &B, x: &mut B::Act, kv: &mut B::Kv, pos0: usize) -> Result<(), RunError> {
+    fn forward(
+        &self,
+        be: &B,
+        x: &mut B::Act,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
+    ) -> Result<(), RunError> {
         let xn = be.rmsnorm(x, &self.attn_norm, self.eps)?;
-        let o = self.attn.forward(be, &xn, kv, pos0)?;
+        let o = self.attn.forward(be, &xn, kvs, pass)?;
         let o = be.rmsnorm(&o, &self.post_attn_norm, self.eps)?;
         be.add(x, &o)?;
         let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
-        let d = self.mlp.forward(be, &xn)?;
+        let d = self.mlp.forward(be, &xn, pass.decode_rows())?;
         let d = be.rmsnorm(&d, &self.post_ffw_norm, self.eps)?;
         be.add(x, &d)
     }

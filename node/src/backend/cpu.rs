@@ -100,15 +100,25 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn linear(&self, ws: &[&TensorRef], x: &CpuAct) -> Result<Vec<CpuAct>, RunError> {
+    fn linear(
+        &self,
+        ws: &[&TensorRef],
+        x: &CpuAct,
+        decode: usize,
+    ) -> Result<Vec<CpuAct>, RunError> {
         let tokens = self.tokens(x);
+        if decode > tokens {
+            return Err(RunError::Backend(format!(
+                "{decode} decode rows of {tokens}"
+            )));
+        }
         let mats = ws
             .iter()
             .map(|w| w.matrix())
             .collect::<Result<Vec<_>, _>>()?;
         let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; tokens * m.rows]).collect();
         let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        cpu::matmul_many(&mats, &x.data, tokens, &mut refs);
+        cpu::matmul_batch(&mats, &x.data, tokens, decode, &mut refs);
         Ok(outs
             .into_iter()
             .zip(&mats)
@@ -195,11 +205,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn tail(&self, x: &CpuAct, rows: usize) -> Result<CpuAct, RunError> {
-        let start = x.data.len() - rows * x.width;
+    fn rows(&self, x: &CpuAct, start: usize, rows: usize) -> Result<CpuAct, RunError> {
+        let data = x
+            .data
+            .get(start * x.width..(start + rows) * x.width)
+            .ok_or_else(|| out_of_rows(start, rows, self.tokens(x)))?;
         Ok(CpuAct {
-            data: x.data[start..].to_vec(),
+            data: data.to_vec(),
             width: x.width,
         })
     }
+
+    fn concat(&self, parts: &[CpuAct]) -> Result<CpuAct, RunError> {
+        let width = parts.first().map_or(1, |p| p.width);
+        if parts.iter().any(|p| p.width != width) {
+            return Err(RunError::Backend("rows of different widths".into()));
+        }
+        Ok(CpuAct {
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            width,
+        })
+    }
+}
+
+pub(super) fn out_of_rows(start: usize, rows: usize, tokens: usize) -> RunError {
+    RunError::Backend(format!("rows {start}..{} of {tokens}", start + rows))
 }

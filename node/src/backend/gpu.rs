@@ -123,7 +123,14 @@ impl Backend for GpuBackend {
         Ok(self.act(self.gpu.rmsnorm(&x.t, w, eps), x.width))
     }
 
-    fn linear(&self, ws: &[&GpuMatrix], x: &GpuAct) -> Result<Vec<GpuAct>, RunError> {
+    /// The shader computes each token's row alike whatever shares the product: `decode`
+    /// needs nothing.
+    fn linear(
+        &self,
+        ws: &[&GpuMatrix],
+        x: &GpuAct,
+        _decode: usize,
+    ) -> Result<Vec<GpuAct>, RunError> {
         let tokens = self.tokens(x);
         Ok(ws
             .iter()
@@ -201,10 +208,27 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn tail(&self, x: &GpuAct, rows: usize) -> Result<GpuAct, RunError> {
+    fn rows(&self, x: &GpuAct, start: usize, rows: usize) -> Result<GpuAct, RunError> {
+        if start + rows > self.tokens(x) {
+            return Err(super::cpu::out_of_rows(start, rows, self.tokens(x)));
+        }
         let n = rows * x.width;
         let out = self.gpu.zeros(n);
-        self.gpu.copy(&x.t.buf, x.t.len - n, &out.buf, 0, n);
+        self.gpu.copy(&x.t.buf, start * x.width, &out.buf, 0, n);
         Ok(self.act(out, x.width))
+    }
+
+    fn concat(&self, parts: &[GpuAct]) -> Result<GpuAct, RunError> {
+        let width = parts.first().map_or(1, |p| p.width);
+        if parts.iter().any(|p| p.width != width) {
+            return Err(RunError::Backend("rows of different widths".into()));
+        }
+        let out = self.gpu.zeros(parts.iter().map(|p| p.t.len).sum());
+        let mut at = 0;
+        for p in parts {
+            self.gpu.copy(&p.t.buf, 0, &out.buf, at, p.t.len);
+            at += p.t.len;
+        }
+        Ok(self.act(out, width))
     }
 }

@@ -42,8 +42,16 @@ pub trait Backend: Send + Sync {
     /// `[tokens, width]` rows scaled to unit RMS and multiplied by `w`. A `w` shorter than a
     /// row normalises each `w.len()` slice on its own (a norm per head).
     fn rmsnorm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act, RunError>;
-    /// `x · wᵀ` for each weight: products of one input are issued together.
-    fn linear(&self, ws: &[&Self::Weight], x: &Self::Act) -> Result<Vec<Self::Act>, RunError>;
+    /// `x · wᵀ` for each weight: products of one input are issued together. The first `decode`
+    /// rows of `x` belong to steps of fewer than [`baton_shaders::cpu::GEMM_MIN_TOKENS`]
+    /// tokens (see [`crate::pass::Pass`]): each row's output must not depend on the other rows,
+    /// so that a step computes the same alone or batched.
+    fn linear(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Act,
+        decode: usize,
+    ) -> Result<Vec<Self::Act>, RunError>;
     /// RoPE in place at positions `pos0..`, with the inverse frequencies `inv` and the result
     /// scaled by `factor`.
     fn rope(
@@ -73,6 +81,8 @@ pub trait Backend: Send + Sync {
     fn scale(&self, x: &mut Self::Act, s: f32) -> Result<(), RunError>;
     fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<(), RunError>;
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), RunError>;
-    /// The last `rows` rows.
-    fn tail(&self, x: &Self::Act, rows: usize) -> Result<Self::Act, RunError>;
+    /// Rows `start..start + rows`.
+    fn rows(&self, x: &Self::Act, start: usize, rows: usize) -> Result<Self::Act, RunError>;
+    /// The rows of `parts`, one after the other.
+    fn concat(&self, parts: &[Self::Act]) -> Result<Self::Act, RunError>;
 }

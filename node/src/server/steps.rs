@@ -9,16 +9,14 @@ use baton_protocol::wire::{
     Ack, ErrorCode, ErrorMsg, Forward, Message, NextHop, Step, TokenOut, MAX_FRAME_BYTES,
 };
 use baton_protocol::HiddenStates;
-use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
-use tokio::task::JoinError;
+use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info};
 
+use super::batch::Input;
 use super::session::Session;
 use super::{error, error_code, unknown, Send, Server, StepInput, StepMsg, NETWORK_WAIT};
 use crate::net::{self, NetError, PeerId};
 use crate::sampling::log_prob;
-use crate::{Logits, RunError, SpanInput};
 
 impl Server {
     /// Opens a stream to the next hop for a session; errors the next hop answers are passed on
@@ -182,9 +180,11 @@ impl Server {
             return Err(fail(ErrorCode::TooLarge, msg));
         }
         let started = Instant::now();
-        let (mut s, out) = run_span(s, input, tokens_in)
+        let (mut s, out) = self
+            .batcher
+            .step(s, input)
             .await
-            .map_err(|e| fail(ErrorCode::Internal, format!("the step failed: {e}")))?;
+            .map_err(|e| fail(error_code(&e), e.to_string()))?;
         let mut out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
         if s.perturb != 0.0 {
             perturb(&mut out, s.perturb);
@@ -297,56 +297,6 @@ impl Server {
                 ring.send = None;
                 false
             }
-        }
-    }
-}
-
-/// What a step feeds its span, owned so that a long step can move to another thread.
-enum Input {
-    Tokens(Vec<u32>),
-    Hidden(Vec<f32>),
-}
-
-impl Input {
-    fn span_input(&self) -> SpanInput<'_> {
-        match self {
-            Input::Tokens(t) => SpanInput::Tokens(t),
-            Input::Hidden(h) => SpanInput::Hidden(h),
-        }
-    }
-}
-
-/// Steps of at most this many tokens run right where the step arrived when the runtime has a
-/// single thread, as `baton-node join` runs it: a decode step takes milliseconds, and handing it
-/// to another thread and back would cost two thread wake-ups on every hop of every token. Longer
-/// steps (prompts, replays) run on a blocking thread, so that the node keeps answering pings and
-/// other sessions while it computes.
-const INLINE_TOKENS: usize = 16;
-
-/// Runs a step of `s`'s span and gives the session back with the output; fails only when the
-/// thread that ran the step did not finish it.
-async fn run_span(
-    mut s: OwnedMutexGuard<Session>,
-    input: Input,
-    tokens: usize,
-) -> Result<(OwnedMutexGuard<Session>, Result<Vec<f32>, RunError>), JoinError> {
-    match Handle::current().runtime_flavor() {
-        RuntimeFlavor::CurrentThread if tokens <= INLINE_TOKENS => {
-            let out = s.cache.run_step(input.span_input(), Logits::Last);
-            Ok((s, out))
-        }
-        RuntimeFlavor::CurrentThread => {
-            // The session stays locked while its step runs elsewhere.
-            tokio::task::spawn_blocking(move || {
-                let out = s.cache.run_step(input.span_input(), Logits::Last);
-                (s, out)
-            })
-            .await
-        }
-        _ => {
-            let out =
-                tokio::task::block_in_place(|| s.cache.run_step(input.span_input(), Logits::Last));
-            Ok((s, out))
         }
     }
 }

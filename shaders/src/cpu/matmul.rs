@@ -1,16 +1,22 @@
 //! `y = x · Wᵀ` for stored weights: the matrix products of every linear layer.
 //!
-//! Few tokens (decode): one dot product per (row, token), rows split across threads.
+//! Few tokens (decode): one dot product per (row, token), rows split across threads; each row
+//! is read once for all the tokens, so a pass over the decode steps of many sessions reads the
+//! weights once.
 //! Many tokens (prefill): each thread expands a tile of rows to f32 in a buffer that stays in
 //! cache and hands it to a float GEMM, so dequantizing costs once per tile and not per token.
+//!
+//! Either way a token's output depends on that token's input alone, never on the other tokens
+//! of the product: a session's output is the same whether it runs alone or batched.
 
 use super::act::Activation;
 use super::dot::Dot;
 use super::pool::{pool, SharedOut};
 use crate::quant::{dequantize_row, QTensor};
 
-/// From this many tokens on, dequantize a tile and use GEMM.
-const GEMM_MIN_TOKENS: usize = 4;
+/// From this many tokens on, a step's product dequantizes a tile and uses GEMM; steps of fewer
+/// tokens take the dot products of decode.
+pub const GEMM_MIN_TOKENS: usize = 4;
 /// Weight bytes per unit of work in decode. Small units cost more than they balance: each
 /// starts a new stream through memory that the prefetcher must pick up again (on the demo
 /// model 23 KiB units decoded at 0.75x the speed of 192-384 KiB ones).
@@ -35,62 +41,77 @@ pub fn matmul(w: &QTensor, x: &[f32], tokens: usize, y: &mut [f32]) {
     matmul_many(&[*w], x, tokens, &mut [y]);
 }
 
-/// Several products of the same input (Q, K and V; gate and up) in one parallel pass.
+/// Several products of the same input (Q, K and V; gate and up) in one parallel pass, as one
+/// step of `tokens` tokens.
 pub fn matmul_many(ws: &[QTensor], x: &[f32], tokens: usize, ys: &mut [&mut [f32]]) {
+    let decode = if tokens < GEMM_MIN_TOKENS { tokens } else { 0 };
+    matmul_batch(ws, x, tokens, decode, ys);
+}
+
+/// Products over the tokens of several steps at once: the first `decode` tokens belong to
+/// steps of fewer than [`GEMM_MIN_TOKENS`] tokens and take the dot products of decode, the
+/// others belong to longer steps and take GEMM, so that each token is computed exactly as its
+/// step alone would compute it ([`matmul_many`]).
+pub fn matmul_batch(
+    ws: &[QTensor],
+    x: &[f32],
+    tokens: usize,
+    decode: usize,
+    ys: &mut [&mut [f32]],
+) {
     assert_eq!(ws.len(), ys.len());
+    assert!(decode <= tokens, "more decode tokens than tokens");
     for (w, y) in ws.iter().zip(ys.iter()) {
         assert_eq!(x.len(), tokens * w.cols, "input is not [tokens, cols]");
         assert_eq!(y.len(), tokens * w.rows, "output is not [tokens, rows]");
     }
-    let gemm = tokens >= GEMM_MIN_TOKENS;
     let threads = pool().threads();
-    // (weight, first row, end row)
-    let units: Vec<(usize, usize, usize)> = ws
-        .iter()
-        .enumerate()
-        .flat_map(|(i, w)| {
+    // (weight, first row, end row, gemm)
+    let mut units: Vec<(usize, usize, usize, bool)> = Vec::new();
+    for (gemm, count) in [(false, decode), (true, tokens - decode)] {
+        if count == 0 {
+            continue;
+        }
+        for (i, w) in ws.iter().enumerate() {
             let step = if gemm {
                 GEMM_ROWS
             } else {
                 dot_rows(w, threads)
             };
-            (0..w.rows)
-                .step_by(step)
-                .map(move |r| (i, r, (r + step).min(w.rows)))
-        })
-        .collect();
+            units.extend(
+                (0..w.rows)
+                    .step_by(step)
+                    .map(|r| (i, r, (r + step).min(w.rows), gemm)),
+            );
+        }
+    }
     let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
-    let acts: Vec<Activation> = if gemm {
-        Vec::new()
-    } else {
-        x.chunks(ws[0].cols).map(Activation::new).collect()
-    };
+    let cols = ws.first().map_or(1, |w| w.cols.max(1));
+    let acts: Vec<Activation> = x[..decode * cols]
+        .chunks(cols)
+        .map(Activation::new)
+        .collect();
     pool().for_each(units.len(), Vec::new, |u, buf| {
-        let (i, r0, r1) = units[u];
-        run_unit(&ws[i], r0, r1, gemm, x, tokens, outs[i], &acts, buf);
+        let (i, r0, r1, gemm) = units[u];
+        let w = &ws[i];
+        if gemm {
+            let rest = &x[decode * w.cols..];
+            // The rows of the GEMM tokens follow the `decode` rows of the others.
+            let out = SharedOut(outs[i].at(decode * w.rows));
+            gemm_tile(w, r0, r1, rest, tokens - decode, out, buf);
+        } else {
+            dot_unit(w, r0, r1, outs[i], &acts);
+        }
     });
 }
 
-/// Rows `r0..r1` of `w` times every token of `x`.
-#[allow(clippy::too_many_arguments)]
-fn run_unit(
-    w: &QTensor,
-    r0: usize,
-    r1: usize,
-    gemm: bool,
-    x: &[f32],
-    tokens: usize,
-    out: SharedOut,
-    acts: &[Activation],
-    buf: &mut Vec<f32>,
-) {
-    if gemm {
-        return gemm_tile(w, r0, r1, x, tokens, out, buf);
-    }
+/// Rows `r0..r1` of `w` times each decode token, each row read once for all of them.
+fn dot_unit(w: &QTensor, r0: usize, r1: usize, out: SharedOut, acts: &[Activation]) {
     let dot = Dot::new(w.dtype);
-    for (t, a) in acts.iter().enumerate() {
-        for r in r0..r1 {
-            let v = dot.dot(w.row(r), a);
+    for r in r0..r1 {
+        let row = w.row(r);
+        for (t, a) in acts.iter().enumerate() {
+            let v = dot.dot(row, a);
             // SAFETY: (t, r) lies inside y, and rows r0..r1 belong to this unit alone.
             unsafe { *out.at(t * w.rows + r) = v };
         }
@@ -175,6 +196,37 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_computes_each_step_as_it_runs_alone() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Decode steps first, then longer ones: the layout a pass gives the product.
+        let steps = [1usize, 2, 1, 3, 5, 17, 4];
+        let decode: usize = steps.iter().filter(|&&n| n < GEMM_MIN_TOKENS).sum();
+        let tokens: usize = steps.iter().sum();
+        for dtype in ALL_DTYPES {
+            let (rows, cols) = (300, 512);
+            let bytes: Vec<u8> = (0..rows)
+                .flat_map(|_| test_row(&mut rng, dtype, cols))
+                .collect();
+            let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let mut y = vec![0f32; tokens * rows];
+            matmul_batch(&[w], &x, tokens, decode, &mut [&mut y]);
+            let mut t0 = 0;
+            for n in steps {
+                let mut alone = vec![0f32; n * rows];
+                matmul(&w, &x[t0 * cols..(t0 + n) * cols], n, &mut alone);
+                assert!(
+                    alone == y[t0 * rows..(t0 + n) * rows],
+                    "{dtype:?}: the step of {n} tokens at {t0} differs in the batch"
+                );
+                t0 += n;
             }
         }
     }
