@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Time to first token and decode speed of an OpenAI-compatible server, for one request and for
-several at once, streamed. Standard library only.
+several at once, streamed. Standard library only; bench/serve_compare.py uses it as a module.
 
     bench/serve_load.py URL [--concurrency 1,4] [--rounds 5] [--max-tokens 128]
 
@@ -19,8 +19,8 @@ PROMPT = ("Once upon a time, in a small village at the edge of a great forest, "
           "there lived an old clockmaker")
 
 
-def one(url, max_tokens, out):
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
+def one(url, max_tokens, out, prompt=PROMPT):
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                        "stream": True}).encode()
     req = urllib.request.Request(url + "/v1/completions", data=body,
                                  headers={"Content-Type": "application/json"})
@@ -34,7 +34,33 @@ def one(url, max_tokens, out):
             chunk = json.loads(line[6:])
             if chunk["choices"] and chunk["choices"][0].get("text"):
                 times.append(time.perf_counter() - t0)
-    out.append((times[0], (len(times) - 1) / (times[-1] - times[0]), len(times), times[-1]))
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    out.append((times[0], rate, len(times), times[-1]))
+
+
+def level(url, concurrency, rounds, max_tokens, prompts=(PROMPT,)):
+    """`rounds` rounds of `concurrency` requests at once: (per-request results, aggregate
+    tokens/s of each round)."""
+    results, aggs = [], []
+    for _ in range(rounds):
+        out = []
+        threads = [threading.Thread(target=one, args=(url, max_tokens, out,
+                                                      prompts[i % len(prompts)]))
+                   for i in range(concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        aggs.append(sum(r[2] for r in out) / wall)
+        results += out
+    return results, aggs
+
+
+def percentile(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
 def main():
@@ -46,24 +72,14 @@ def main():
     a = ap.parse_args()
     one(a.url, 8, [])  # warm up
     for c in [int(x) for x in a.concurrency.split(",")]:
-        results, walls, totals = [], [], []
-        for _ in range(a.rounds):
-            out = []
-            threads = [threading.Thread(target=one, args=(a.url, a.max_tokens, out))
-                       for _ in range(c)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            walls.append(time.perf_counter() - t0)
-            totals.append(sum(r[2] for r in out))
-            results += out
+        results, aggs = level(a.url, c, a.rounds, a.max_tokens)
         ttft = statistics.median(r[0] for r in results) * 1e3
+        p99 = percentile([r[0] for r in results], 99) * 1e3
         rate = statistics.median(r[1] for r in results)
-        agg = statistics.median(t / w for t, w in zip(totals, walls))
-        print(f"concurrency {c}: time to first token {ttft:.0f} ms, decode {rate:.1f} tokens/s "
-              f"per request, {agg:.1f} tokens/s in all (medians of {len(results)} requests)")
+        agg = statistics.median(aggs)
+        print(f"concurrency {c}: time to first token {ttft:.0f} ms (p99 {p99:.0f}), decode "
+              f"{rate:.1f} tokens/s per request, {agg:.1f} tokens/s in all "
+              f"(medians of {len(results)} requests)")
 
 
 if __name__ == "__main__":

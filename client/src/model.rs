@@ -138,6 +138,17 @@ impl SwarmModel {
     /// The ids of a plain text prompt, checked against the context.
     pub fn text_prompt(&self, text: &str) -> Result<Vec<u32>, PromptError> {
         let ids = self.tok.encode(text).map_err(PromptError::Template)?;
+        self.id_prompt(ids)
+    }
+
+    /// A prompt given as token ids, checked against the vocabulary and the context.
+    pub fn id_prompt(&self, ids: Vec<u32>) -> Result<Vec<u32>, PromptError> {
+        let vocab = self.tok.vocab_size();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(PromptError::Template(format!(
+                "token id {id} is not in the vocabulary of {vocab}"
+            )));
+        }
         if ids.is_empty() {
             return Err(PromptError::Empty);
         }

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod gguf;
 pub mod join;
 pub mod layers;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod pass;

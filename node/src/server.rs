@@ -33,6 +33,7 @@ use crate::RunError;
 mod admit;
 mod batch;
 mod limits;
+mod report;
 mod session;
 mod steps;
 
@@ -242,12 +243,15 @@ impl Server {
     /// KV room left beside `sessions` (the table, read under its lock).
     fn kv_free_among(&self, sessions: &HashMap<u64, Slot>) -> usize {
         let reserved: usize = sessions.values().map(|x| x.cost).sum();
+        self.kv_capacity().saturating_sub(reserved)
+    }
+
+    /// The KV room all sessions together may reserve.
+    fn kv_capacity(&self) -> usize {
         let longest = self.engine().kv_cost(self.context());
-        let cap = self
-            .options
+        self.options
             .max_kv_tokens
-            .min(self.options.max_sessions.saturating_mul(longest));
-        cap.saturating_sub(reserved)
+            .min(self.options.max_sessions.saturating_mul(longest))
     }
 
     fn session(&self, id: u64) -> Option<Arc<AsyncMutex<Session>>> {

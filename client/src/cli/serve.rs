@@ -29,8 +29,13 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let source = a.source.connect().await?;
     let name = source.model.name.clone();
     let bound = listener.local_addr()?;
-    let state = AppState::new(source.model);
-    eprintln!("serving {name} at http://{bound}/v1 (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health)");
+    let nodes = source
+        .local
+        .as_ref()
+        .map(|l| l.nodes.iter().map(|n| n.server.clone()).collect())
+        .unwrap_or_default();
+    let state = AppState::new(source.model, nodes);
+    eprintln!("serving {name} at http://{bound}/v1 (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health, /metrics)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -4,6 +4,7 @@
 //! (pipelined through the hops). Streamed answers are server-sent events ending in
 //! `data: [DONE]`, as OpenAI's are.
 
+pub mod metrics;
 pub mod types;
 
 use std::convert::Infallible;
@@ -11,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,25 +27,38 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use baton_node::server::Server;
+use metrics::ServeMetrics;
+
 use crate::generate::{generate_remote, Generation};
 use crate::model::{PromptError, SwarmModel};
 use crate::route::RouteError;
 use crate::stop::StopStrings;
 use crate::swarm::SwarmError;
-use types::{ChatRequest, Common, CompletionRequest, Head, Kind, Prompt, Stop, Usage};
+use types::{
+    is_unset, ChatRequest, Common, CompletionRequest, Head, Kind, Prompt, Stop, Usage, UNSUPPORTED,
+};
+
+/// The roles a chat message may have.
+const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
 
 pub struct AppState {
     pub model: SwarmModel,
     started: u64,
     requests: AtomicU64,
+    metrics: ServeMetrics,
+    /// Nodes inside this process (`--local`), whose metrics `/metrics` includes.
+    nodes: Vec<Arc<Server>>,
 }
 
 impl AppState {
-    pub fn new(model: SwarmModel) -> Arc<AppState> {
+    pub fn new(model: SwarmModel, nodes: Vec<Arc<Server>>) -> Arc<AppState> {
         Arc::new(AppState {
             model,
             started: now(),
             requests: AtomicU64::new(0),
+            metrics: ServeMetrics::default(),
+            nodes,
         })
     }
 }
@@ -55,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics::handler))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -62,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such endpoint",
             )
         })
+        // Bodies are bounded by `read_body`, which answers 413 in OpenAI's shape.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -78,6 +95,7 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     code: Option<&'static str>,
+    param: Option<String>,
     message: String,
 }
 
@@ -87,8 +105,15 @@ impl ApiError {
             status,
             kind,
             code: None,
+            param: None,
             message: message.into(),
         }
+    }
+
+    /// The request field the error is about.
+    fn param(mut self, param: impl Into<String>) -> ApiError {
+        self.param = Some(param.into());
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
@@ -104,7 +129,7 @@ impl ApiError {
         json!({"error": {
             "message": self.message,
             "type": self.kind,
-            "param": null,
+            "param": self.param,
             "code": self.code,
         }})
     }
@@ -143,6 +168,37 @@ impl From<SwarmError> for ApiError {
     }
 }
 
+/// The most bytes a request body may have.
+const MAX_BODY: usize = 4 << 20;
+/// A longer body is still read, up to this many bytes, so that its client gets the 413 rather
+/// than a connection reset while it is still sending.
+const DRAIN_BODY: usize = 64 << 20;
+
+/// Reads a request body of at most [`MAX_BODY`] bytes.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let (mut kept, mut seen) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("the request body was cut off: {e}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= MAX_BODY {
+            kept.extend_from_slice(&chunk);
+        } else if seen > DRAIN_BODY {
+            break;
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {} MiB", MAX_BODY >> 20),
+        )
+        .code("request_too_large"));
+    }
+    Ok(Bytes::from(kept))
+}
+
 /// Parses a JSON body ourselves, so that bad JSON gets OpenAI's error shape.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
@@ -172,6 +228,16 @@ fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
             )
             .code("model_not_found"));
         }
+    }
+    if let Some(field) = UNSUPPORTED
+        .iter()
+        .find(|f| c.rest.get(**f).is_some_and(|v| !is_unset(v)))
+    {
+        return Err(
+            ApiError::bad_request(format!("`{field}` is not supported by this server"))
+                .param(*field)
+                .code("unsupported_parameter"),
+        );
     }
     if c.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("only n=1 is supported"));
@@ -206,13 +272,26 @@ fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
     })
 }
 
-async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse(&body)?;
+async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&read_body(body).await?)?;
     let mut messages = Vec::with_capacity(req.messages.len());
-    for m in req.messages {
+    for (i, m) in req.messages.into_iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            let msg = format!(
+                "messages[{i}].role `{}` is not one of {}",
+                m.role,
+                ROLES.join(", ")
+            );
+            return Err(ApiError::bad_request(msg).param(format!("messages[{i}].role")));
+        }
         let content = match m.content {
             Some(c) => c.text().map_err(ApiError::bad_request)?,
-            None => String::new(),
+            // An assistant turn may leave its content out; the others say something.
+            None if m.role == "assistant" => String::new(),
+            None => {
+                let msg = format!("messages[{i}].content must not be null for {}", m.role);
+                return Err(ApiError::bad_request(msg).param(format!("messages[{i}].content")));
+            }
         };
         messages.push(Message {
             role: m.role,
@@ -227,20 +306,19 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respons
     run(state, Kind::Chat, prompt, p).await
 }
 
-async fn completions(
-    State(state): State<Arc<AppState>>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse(&body)?;
-    let text = match req.prompt {
-        Prompt::One(t) => t,
-        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
-        Prompt::Many(_) => return Err(ApiError::bad_request("give one prompt per request")),
-    };
+async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&read_body(body).await?)?;
     let mut p = params(&state, req.common)?;
     // OpenAI's default for completions.
     p.max_tokens.get_or_insert(16);
-    let prompt = state.model.text_prompt(&text)?;
+    let one = || ApiError::bad_request("give one prompt per request").param("prompt");
+    let prompt = match req.prompt {
+        Prompt::One(t) => state.model.text_prompt(&t)?,
+        Prompt::Many(mut v) if v.len() == 1 => state.model.text_prompt(&v.remove(0))?,
+        Prompt::Ids(ids) => state.model.id_prompt(ids)?,
+        Prompt::ManyIds(mut v) if v.len() == 1 => state.model.id_prompt(v.remove(0))?,
+        Prompt::Many(_) | Prompt::ManyIds(_) => return Err(one()),
+    };
     run(state, Kind::Completion, prompt, p).await
 }
 
@@ -273,10 +351,13 @@ async fn run(
     if max_tokens == 0 {
         return Err(ApiError::bad_request("max_tokens must be at least 1"));
     }
+    let arrived = std::time::Instant::now();
+    let waiting = ServeMetrics::waiting(&state);
     let mut session = state
         .model
         .open(p.sampling, prompt.len() + max_tokens)
         .await?;
+    let running = waiting.run();
     // Whoever runs the server hears about repairs of a request's route.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -293,8 +374,11 @@ async fn run(
         let tok = &task_state.model.tok;
         let result = generate_remote(&mut session, tok, &prompt, max_tokens, &mut on_text).await;
         session.close().await;
+        drop(running);
+        let metrics = &task_state.metrics;
         let _ = match result {
             Ok(g) => {
+                metrics.done(&g, arrived.elapsed().as_secs_f64());
                 let rest = filter.finish();
                 if !rest.is_empty() && !filter.stopped() {
                     let _ = tx.send(Out::Text(rest));
@@ -302,6 +386,7 @@ async fn run(
                 tx.send(Out::Done(g))
             }
             Err(e) => {
+                metrics.failed();
                 warn!("generation failed: {e}");
                 tx.send(Out::Failed(e.to_string()))
             }

@@ -59,12 +59,48 @@ impl Stop {
     }
 }
 
-/// A completion prompt: one string, or a list holding one.
+/// A completion prompt: one string or a list holding one; token ids, or a list holding one
+/// list of them.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     One(String),
     Many(Vec<String>),
+    Ids(Vec<u32>),
+    ManyIds(Vec<Vec<u32>>),
+}
+
+/// Request fields of OpenAI's API this server does not implement: a request that sets one
+/// is refused, naming it, rather than answered as if it were not there.
+pub const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "suffix",
+    "echo",
+    "best_of",
+    "audio",
+    "modalities",
+    "prediction",
+];
+
+/// Whether `v` leaves a field at what not setting it means.
+pub fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(_) | Value::Bool(true) => false,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +132,9 @@ pub struct Common {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Every other field of the request.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]

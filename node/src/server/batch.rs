@@ -14,9 +14,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, OwnedMutexGuard};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use super::session::Session;
+use crate::metrics::{self, Histogram};
 use crate::pass::is_decode;
 use crate::runtime::{Cache, PREFILL_CHUNK};
 use crate::{Logits, RunError, SpanInput};
@@ -59,11 +60,23 @@ struct Job {
 }
 
 /// Counts of what the passes did, for metrics.
-#[derive(Default)]
 pub struct PassStats {
     pub passes: AtomicU64,
     pub steps: AtomicU64,
     pub tokens: AtomicU64,
+    /// Steps per pass.
+    pub batch: Histogram,
+}
+
+impl Default for PassStats {
+    fn default() -> Self {
+        PassStats {
+            passes: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            batch: Histogram::new(metrics::STEPS),
+        }
+    }
 }
 
 /// Runs passes on a thread of its own. Dropping it ends the thread once the queue is empty.
@@ -203,6 +216,12 @@ fn run(rx: mpsc::Receiver<Job>, stats: &PassStats) {
             .fetch_add(picked.len() as u64, Ordering::Relaxed);
         let tokens: usize = picked.iter().map(|p| p.1).sum();
         stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        stats.batch.observe(picked.len() as f64);
+        trace!(
+            "pass: {} steps, {tokens} tokens, {} waiting",
+            picked.len(),
+            waiting.len()
+        );
         let mut failed = pass(&mut waiting, &picked);
         // Finished steps (and failed ones) leave; the others wait for their next chunk.
         let mut kept = Vec::with_capacity(waiting.len());
