@@ -99,6 +99,9 @@ impl SwarmModel {
         let mut route = self.route();
         let mut avoid = Vec::new();
         let mut tries = 0;
+        // The last refusal for lack of room: without a route around the full nodes, the
+        // request may wait for room rather than fail (see `SwarmError::Busy`).
+        let mut full = None;
         loop {
             tries += 1;
             match self.client.open(&route, &options).await {
@@ -108,15 +111,22 @@ impl SwarmModel {
                 }
                 // A node with no room for the session, or one that failed to open it (it did not
                 // answer, or answered nonsense): route around it.
-                Err(SwarmError::Net(
-                    NetError::Refused { peer, .. } | NetError::HopFailed { peer, .. },
-                )) if tries < 4 => {
+                Err(SwarmError::Net(NetError::Refused { peer, error })) if tries < 4 => {
+                    if error.code == baton_protocol::wire::ErrorCode::Busy {
+                        full = Some(format!("{peer}: {}", error.message));
+                    }
                     avoid.push(*peer);
                 }
-                Err(e) if tries >= 4 => return Err(e),
+                Err(SwarmError::Net(NetError::HopFailed { peer, .. })) if tries < 4 => {
+                    avoid.push(*peer);
+                }
+                Err(e) if tries >= 4 => return Err(full.map_or(e, SwarmError::Busy)),
                 Err(_) => {}
             }
-            route = self.client.route_avoiding(Some(&self.id), &avoid).await?.1;
+            route = match self.client.route_avoiding(Some(&self.id), &avoid).await {
+                Ok(r) => r.1,
+                Err(e) => return Err(full.map_or(e, SwarmError::Busy)),
+            };
             if avoid.is_empty() {
                 if let Ok(mut r) = self.route.lock() {
                     *r = route.clone();

@@ -36,6 +36,8 @@ pub enum SwarmError {
         "node {0} sent a model description (tokenizer, block count) that the model id refutes"
     )]
     ForgedTokenizer(String),
+    #[error("every node that could take the session is full: {0}")]
+    Busy(String),
     #[error("{0}")]
     Other(String),
 }

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// The port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+    /// Requests that may wait for room on the nodes (their sessions are full); beyond it,
+    /// requests are answered 429 at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -34,7 +38,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|l| l.nodes.iter().map(|n| n.server.clone()).collect())
         .unwrap_or_default();
-    let state = AppState::new(source.model, nodes);
+    let state = AppState::new(source.model, nodes, a.max_queue);
     eprintln!("serving {name} at http://{bound}/v1 (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models; /health, /metrics)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

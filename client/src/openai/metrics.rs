@@ -42,16 +42,23 @@ impl Default for ServeMetrics {
     }
 }
 
-/// Counts a request as waiting while it lives, until [`Waiting::run`] makes it running.
+/// Counts a request as waiting for room while it lives.
 pub struct Waiting(Arc<AppState>);
 
 /// Counts a request as running while it lives.
 pub struct Running(Arc<AppState>);
 
 impl ServeMetrics {
-    pub fn waiting(state: &Arc<AppState>) -> Waiting {
-        state.metrics.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(state.clone())
+    /// Counts a request as waiting, unless `most` already wait.
+    pub fn waiting(state: &Arc<AppState>, most: usize) -> Option<Waiting> {
+        let before = state.metrics.waiting.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting(state.clone());
+        (before < most as i64).then_some(waiting)
+    }
+
+    pub fn running(state: &Arc<AppState>) -> Running {
+        state.metrics.running.fetch_add(1, Ordering::Relaxed);
+        Running(state.clone())
     }
 
     /// A finished generation.
@@ -140,15 +147,6 @@ impl ServeMetrics {
             family(out, name, "histogram", help);
             h.write(out, name, "");
         }
-    }
-}
-
-impl Waiting {
-    pub fn run(self) -> Running {
-        let state = self.0.clone();
-        drop(self);
-        state.metrics.running.fetch_add(1, Ordering::Relaxed);
-        Running(state)
     }
 }
 

@@ -10,7 +10,7 @@ pub mod types;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -49,16 +49,22 @@ pub struct AppState {
     metrics: ServeMetrics,
     /// Nodes inside this process (`--local`), whose metrics `/metrics` includes.
     nodes: Vec<Arc<Server>>,
+    /// The most requests that wait for room on the nodes; more are answered 429.
+    max_queue: usize,
 }
 
+/// How long a request waits for room on the nodes before it is answered 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(300);
+
 impl AppState {
-    pub fn new(model: SwarmModel, nodes: Vec<Arc<Server>>) -> Arc<AppState> {
+    pub fn new(model: SwarmModel, nodes: Vec<Arc<Server>>, max_queue: usize) -> Arc<AppState> {
         Arc::new(AppState {
             model,
             started: now(),
             requests: AtomicU64::new(0),
             metrics: ServeMetrics::default(),
             nodes,
+            max_queue,
         })
     }
 }
@@ -157,6 +163,7 @@ impl From<SwarmError> for ApiError {
         let code = match &e {
             SwarmError::Route(RouteError::Uncovered(_)) => "model_not_covered",
             SwarmError::Route(_) | SwarmError::Empty => "no_route",
+            SwarmError::Busy(_) => "server_busy",
             _ => "swarm_error",
         };
         ApiError::new(
@@ -351,13 +358,37 @@ async fn run(
     if max_tokens == 0 {
         return Err(ApiError::bad_request("max_tokens must be at least 1"));
     }
-    let arrived = std::time::Instant::now();
-    let waiting = ServeMetrics::waiting(&state);
-    let mut session = state
-        .model
-        .open(p.sampling, prompt.len() + max_tokens)
-        .await?;
-    let running = waiting.run();
+    let arrived = Instant::now();
+    // Nodes without room for another session are waited for, as long as nothing else
+    // covers the model: a refusal for room is not a lack of coverage. At most `max_queue`
+    // requests wait; more are answered 429.
+    let mut queued = None;
+    let mut pause = Duration::from_millis(10);
+    let mut session = loop {
+        match state
+            .model
+            .open(p.sampling, prompt.len() + max_tokens)
+            .await
+        {
+            Ok(s) => break s,
+            Err(SwarmError::Busy(why)) if arrived.elapsed() < QUEUE_WAIT => {
+                if queued.is_none() {
+                    let msg = format!(
+                        "{why}; {} requests already wait for room, try again later",
+                        state.max_queue
+                    );
+                    let full = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", msg)
+                        .code("queue_full");
+                    queued = Some(ServeMetrics::waiting(&state, state.max_queue).ok_or(full)?);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    drop(queued);
+    let running = ServeMetrics::running(&state);
     // Whoever runs the server hears about repairs of a request's route.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
     let (tx, mut rx) = mpsc::unbounded_channel();
