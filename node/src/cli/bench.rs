@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use baton_node::sampling::top_k;
-use baton_node::{Engine, Logits, SpanInput};
+use baton_node::{Cache, Engine, Logits, SpanInput};
 use clap::Args;
 use serde_json::json;
 
@@ -19,6 +19,10 @@ pub struct BenchArgs {
     /// Tokens generated for the decode measurement.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
+    /// Sessions that decode together, one pass per step for all of them (continuous
+    /// batching); decode speed is then their tokens together.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Measured runs (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -32,32 +36,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One prefill of `prompt` then `gen` greedy decode steps; returns (prefill s, decode s).
+/// One prefill of `prompt` in each of `batch` sessions, then `gen` greedy decode steps of all
+/// of them in one pass each; returns (prefill s of the first session, decode s).
 fn one_run(
     engine: &Engine,
     prompt: &[u32],
     gen: usize,
+    batch: usize,
     vocab: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut cache = engine.new_cache()?;
-    let t0 = Instant::now();
-    let mut last = Vec::new();
-    cache.run_chunked(SpanInput::Tokens(prompt), Logits::Last, &mut |l| {
-        last = l.to_vec()
-    })?;
-    let prefill = t0.elapsed().as_secs_f64();
-    let mut next = top_k(&last[last.len() - vocab..], 1)[0].0;
+    let mut caches = Vec::with_capacity(batch);
+    let mut next = Vec::with_capacity(batch);
+    let mut prefill = 0.0;
+    for i in 0..batch {
+        let mut cache = engine.new_cache()?;
+        let t0 = Instant::now();
+        let mut last = Vec::new();
+        cache.run_chunked(SpanInput::Tokens(prompt), Logits::Last, &mut |l| {
+            last = l.to_vec()
+        })?;
+        if i == 0 {
+            prefill = t0.elapsed().as_secs_f64();
+        }
+        next.push(top_k(&last[last.len() - vocab..], 1)[0].0);
+        caches.push(cache);
+    }
     let t1 = Instant::now();
     for _ in 0..gen {
-        let l = cache.forward(SpanInput::Tokens(&[next]), Logits::Last)?;
-        next = top_k(&l, 1)[0].0;
+        let inputs: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let inputs: Vec<SpanInput> = inputs.iter().map(|t| SpanInput::Tokens(t)).collect();
+        let mut refs: Vec<&mut Cache> = caches.iter_mut().collect();
+        let outs = Cache::forward_pass(&mut refs, &inputs, Logits::Last)?;
+        for (n, l) in next.iter_mut().zip(outs) {
+            *n = top_k(&l, 1)[0].0;
+        }
     }
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        a.prompt_tokens > 0 && a.gen_tokens > 0 && a.runs > 0,
+        a.prompt_tokens > 0 && a.gen_tokens > 0 && a.runs > 0 && a.batch > 0,
         "counts must be positive"
     );
     let model = a.model.open()?;
@@ -72,13 +91,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..a.prompt_tokens)
         .map(|i| ((i * 7919 + 13) % cfg.vocab) as u32)
         .collect();
-    one_run(&engine, &prompt, a.gen_tokens.min(8), cfg.vocab)?;
+    one_run(&engine, &prompt, a.gen_tokens.min(8), a.batch, cfg.vocab)?;
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     for _ in 0..a.runs {
-        let (p, d) = one_run(&engine, &prompt, a.gen_tokens, cfg.vocab)?;
+        let (p, d) = one_run(&engine, &prompt, a.gen_tokens, a.batch, cfg.vocab)?;
         pp.push(a.prompt_tokens as f64 / p);
-        tg.push(a.gen_tokens as f64 / d);
+        tg.push((a.gen_tokens * a.batch) as f64 / d);
     }
     let (pp, tg) = (median(pp), median(tg));
     // A decode step reads every weight once; the embedding table only for its one row, unless
@@ -89,7 +108,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         } else {
             embed_only(&model)
         };
-    let bandwidth = bytes as f64 * tg;
+    let bandwidth = bytes as f64 * tg / a.batch as f64;
     let peak = baton_node::system::proc_kb("/proc/self/status", "VmHWM:").unwrap_or(0);
     if a.json {
         println!(
@@ -97,6 +116,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             json!({
                 "model": model.path, "backend": engine.describe(),
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "runs": a.runs,
+                "batch": a.batch,
                 "prefill_tokens_per_s": pp, "decode_tokens_per_s": tg,
                 "weight_bytes_per_token": bytes, "bandwidth_bytes_per_s": bandwidth,
                 "peak_rss_bytes": peak,
@@ -111,8 +131,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.prompt_tokens, a.runs
     );
     println!(
-        "decode    {tg:>9.1} tokens/s  ({} tokens, median of {})",
-        a.gen_tokens, a.runs
+        "decode    {tg:>9.1} tokens/s  ({} tokens{}, median of {})",
+        a.gen_tokens,
+        if a.batch > 1 {
+            format!(" in each of {} sessions, all together", a.batch)
+        } else {
+            String::new()
+        },
+        a.runs
     );
     println!(
         "weights   {:>9.1} MiB read per token",
