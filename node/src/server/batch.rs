@@ -323,3 +323,42 @@ fn finish(mut job: Job, out: Result<Vec<f32>, RunError>) {
     }
     let _ = job.reply.send((job.session, out));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_takes_every_decode_step_and_prefill_within_its_budget() {
+        let planner = Planner {
+            prefill_budget: 300,
+            max_steps: 5,
+        };
+        // A 600-token prompt first, decode steps, a 100-token prompt, a step of another
+        // span, and another long prompt.
+        let waiting = [
+            (600, true),
+            (1, true),
+            (100, true),
+            (1, false),
+            (2, true),
+            (300, true),
+            (1, true),
+        ];
+        // The first runs one chunk; every decode step of its span joins; the 100-token prompt
+        // does not fit beside the first chunk; the other span waits.
+        assert_eq!(
+            planner.plan(&waiting),
+            vec![(0, PREFILL_CHUNK), (1, 1), (4, 2), (6, 1)]
+        );
+        // Without the long prompt first, both prompts fit in turn up to the budget.
+        assert_eq!(
+            planner.plan(&waiting[1..]),
+            vec![(0, 1), (1, 100), (3, 2), (5, 1)]
+        );
+        // The step limit holds.
+        let many = [(1, true); 9];
+        assert_eq!(planner.plan(&many).len(), 5);
+        assert!(planner.plan(&[]).is_empty());
+    }
+}
