@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use baton_tests::{demo_model, ServeProcess};
+use baton_tests::{demo_model, NodeProcess, ServeProcess};
 use serde_json::json;
 
 const WORDS: &str = "the river runs past old mills and quiet farms where children play \
@@ -93,4 +93,82 @@ fn concurrent_requests_through_one_node_get_their_text_alone() {
 #[test]
 fn concurrent_requests_through_three_nodes_get_their_text_alone() {
     check("3");
+}
+
+/// Two `baton-node join` processes with `--metrics`: four `baton generate` clients at once get
+/// the text each gets alone, and the nodes' metrics show the passes they shared.
+#[test]
+fn node_processes_batch_concurrent_clients_and_report_it() {
+    let model = demo_model();
+    let m = model.to_str().unwrap();
+    let first = NodeProcess::start(&[
+        "--model",
+        m,
+        "--span",
+        "0..15",
+        "--backend",
+        "cpu",
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let boot = first.bootstrap.clone();
+    let second = NodeProcess::start(&[
+        "--model",
+        m,
+        "--span",
+        "15..30",
+        "--backend",
+        "cpu",
+        "--bootstrap",
+        &boot,
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let generate = |prompt: &str| {
+        let (ok, out, err) = baton_tests::baton(&[
+            "generate",
+            "--bootstrap",
+            &boot,
+            "--wire-dtype",
+            "f32",
+            "--verify",
+            "0",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "--prompt",
+            prompt,
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    let prompts: Vec<String> = prompts().into_iter().take(4).collect();
+    let alone: Vec<String> = prompts.iter().map(|p| generate(p)).collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts.iter().map(|p| s.spawn(|| generate(p))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+    for node in [&first, &second] {
+        let url = node
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("metrics: "))
+            .expect("the node says where its metrics are");
+        let (status, text) = baton_tests::curl(&[url]);
+        assert_eq!(status, 200, "{text}");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        assert!(value("baton:node_pass_steps_total") >= 8.0 * 24.0, "{text}");
+        assert!(value("baton:node_passes_total") > 0.0, "{text}");
+        let (status, _) = baton_tests::curl(&[&url.replace("/metrics", "/other")]);
+        assert_eq!(status, 404);
+    }
 }

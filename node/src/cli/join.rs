@@ -62,13 +62,16 @@ pub struct JoinArgs {
     /// Talk only to this peer (repeat for several); the default is everyone.
     #[arg(long, value_name = "PEER_ID")]
     pub allow_peer: Vec<baton_node::net::PeerId>,
+    /// Serve `GET /metrics` (Prometheus' text format: passes, steps per pass, sessions, KV
+    /// use) on this address, e.g. 127.0.0.1:9090. Off by default.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: JoinArgs) -> anyhow::Result<()> {
     super::set_threads(a.model.threads)?;
-    // One thread for the network and the steps: a decode step runs where its message arrived
-    // and its output leaves from there, with no hand-over between threads on the way (longer
-    // steps go to a blocking thread, see `server::steps`).
+    // One thread for the network; the steps of all sessions run on the node's pass thread
+    // (continuous batching, see `server::batch`).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,6 +116,15 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         allow: a.allow_peer.clone(),
         faults: faults()?,
     };
+    // Bind first, so that a taken port fails before the model loads.
+    let metrics = match a.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
     let bar = super::progress_bar(&a.model.model);
     let node = join(options, key, &mut |done, total| {
         bar.set_length(total as u64);
@@ -130,6 +142,10 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         r.addrs.join(", "),
         node.server.local_addr()?
     );
+    if let Some(listener) = metrics {
+        println!("metrics: http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(node.server.clone().serve_metrics(listener));
+    }
     for addr in &node.bootstrap_addrs {
         println!("join this swarm with: --bootstrap {addr}");
     }

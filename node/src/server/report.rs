@@ -2,11 +2,73 @@
 //! sessions and KV room.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::debug;
 
 use super::Server;
 use crate::metrics::{each, family};
 
+/// The most bytes of a metrics request read before it is answered.
+const MAX_REQUEST: usize = 8 << 10;
+
 impl Server {
+    /// Answers `GET /metrics` with the node's metrics on every connection to `listener`, and
+    /// 404 to anything else (HTTP/1.1, one request per connection).
+    pub async fn serve_metrics(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (mut conn, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!("metrics: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_REQUEST];
+                let mut len = 0;
+                let read = async {
+                    while len < buf.len() && !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf[len..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => len += n,
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(5), read)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let head = String::from_utf8_lossy(&buf[..len]);
+                let (status, body) = if head.starts_with("GET /metrics ") {
+                    let mut out = String::new();
+                    Server::write_metrics(&mut out, &[&me]);
+                    ("200 OK", out)
+                } else {
+                    (
+                        "404 Not Found",
+                        "only GET /metrics is served here\n".to_string(),
+                    )
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if let Err(e) = conn.write_all(reply.as_bytes()).await {
+                    debug!("metrics for {peer}: {e}");
+                }
+            });
+        }
+    }
+
     /// The metrics of `nodes`, each sample labelled `node="<name>"`, in Prometheus' text
     /// format.
     pub fn write_metrics(out: &mut String, nodes: &[&Server]) {
