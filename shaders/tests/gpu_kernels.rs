@@ -246,8 +246,10 @@ fn attention_matches_cpu() {
 
 /// Sessions on several threads record into one encoder and one parameter ring. Each thread
 /// records more dispatches than the ring holds, so the ring fills and restarts under
-/// contention; every thread's sum must still be exact. The ring's slot was once checked under
-/// one lock and taken under another, and concurrent threads overran it.
+/// contention, and reads its tensor back every 50 dispatches, so encoders are submitted by
+/// whichever thread reads; every read must see all of that thread's work before it. The
+/// ring's slot was once checked under one lock and taken under another, and an encoder was
+/// once submitted after its lock was released, so a later readback overtook it.
 #[test]
 fn concurrent_sessions_share_the_parameter_ring() {
     let g = gpu(None);
@@ -257,15 +259,25 @@ fn concurrent_sessions_share_the_parameter_ring() {
             std::thread::spawn(move || {
                 let x = g.upload(&[t as f32; 64]);
                 let one = g.upload(&[1.0; 64]);
-                for _ in 0..1500 {
+                let mut reads = Vec::new();
+                for i in 1..=1500 {
                     g.add(&x, &one);
+                    if i % 50 == 0 {
+                        reads.push((i, g.download(&x).unwrap()));
+                    }
                 }
-                (t, g.download(&x).unwrap())
+                (t, reads)
             })
         })
         .collect();
     for h in threads {
-        let (t, got) = h.join().expect("a thread recording dispatches panicked");
-        assert_eq!(got, vec![t as f32 + 1500.0; 64], "thread {t}");
+        let (t, reads) = h.join().expect("a thread recording dispatches panicked");
+        for (i, got) in reads {
+            assert_eq!(
+                got,
+                vec![(t + i) as f32; 64],
+                "thread {t} after {i} additions"
+            );
+        }
     }
 }

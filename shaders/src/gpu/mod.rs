@@ -406,14 +406,13 @@ impl Gpu {
         });
     }
 
-    /// Submits everything recorded so far.
+    /// Submits everything recorded so far. The submit happens under the encoder's lock: a
+    /// thread that took the encoder and submitted it after releasing the lock would let a later
+    /// encoder (another thread's readback) reach the queue before the work recorded ahead of it,
+    /// and let that thread's parameter writes land in this encoder's slots.
     pub fn flush(&self) {
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(p) = pending {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pending.take() {
             self.queue.submit([p.encoder.finish()]);
         }
     }
