@@ -69,6 +69,8 @@ async fn main() {
         max_tokens: 1024,
         step_timeout: Duration::from_secs(60),
         logprobs: false,
+        top_logprobs: 0,
+        logit_bias: Vec::new(),
         swarm_key: None,
         stop_ids: Vec::new(),
         verify: 0.0,

@@ -7,7 +7,7 @@ use baton_node::tokenizer::Message;
 use baton_protocol::wire::{ErrorCode, Sampling};
 
 use crate::generate::{generate_remote, Generation, OnText};
-use crate::model::{PromptError, SwarmModel};
+use crate::model::{PromptError, SwarmModel, TokenAsk};
 use crate::remote::RemoteSession;
 use crate::swarm::SwarmError;
 
@@ -94,7 +94,9 @@ impl Chat {
                 if let Some(s) = other {
                     tokio::spawn(s.close());
                 }
-                model.open(sampling, model.context()).await?
+                model
+                    .open(sampling, model.context(), TokenAsk::default())
+                    .await?
             }
         };
         let reused = !session.fed().is_empty();
@@ -102,7 +104,9 @@ impl Chat {
         let g = match generate_remote(&mut session, &model.tok, new, max_tokens, on_text).await {
             // The nodes closed the session while the user was away (idle timeout): start over.
             Err(NetError::Remote(e)) if reused && e.code == ErrorCode::UnknownSession => {
-                session = model.open(sampling, model.context()).await?;
+                session = model
+                    .open(sampling, model.context(), TokenAsk::default())
+                    .await?;
                 generate_remote(&mut session, &model.tok, &prompt, max_tokens, on_text).await?
             }
             other => other?,

@@ -6,6 +6,8 @@ use baton_node::sampling::{Sampler, Sampling};
 use baton_node::tokenizer::Tokenizer;
 use baton_node::{Engine, Logits, RunError, SpanInput};
 
+use baton_protocol::wire::TokenOut;
+
 use crate::remote::RemoteSession;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,9 +32,31 @@ impl StopReason {
     }
 }
 
+/// A generated token, with what the head hop reported of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chosen {
+    pub id: u32,
+    /// Its log-probability, when the session asked for it.
+    pub logprob: Option<f32>,
+    /// The likeliest tokens with theirs, likeliest first, when the session asked for them.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Chosen {
+    fn plain(id: u32) -> Chosen {
+        Chosen {
+            id,
+            logprob: None,
+            top: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Generation {
     pub ids: Vec<u32>,
+    /// The same tokens with their log-probabilities, where asked for.
+    pub tokens: Vec<Chosen>,
     pub text: String,
     pub prompt_tokens: usize,
     pub time_to_first_token: Duration,
@@ -139,6 +163,9 @@ struct Output<'a> {
     tok: &'a Tokenizer,
     stream: TextStream<'a>,
     ids: Vec<u32>,
+    tokens: Vec<Chosen>,
+    /// How many of `tokens` the text given out so far covers.
+    shown: usize,
     text: String,
     max_tokens: usize,
     context: usize,
@@ -150,6 +177,8 @@ impl<'a> Output<'a> {
             tok,
             stream: TextStream::new(tok),
             ids: Vec::new(),
+            tokens: Vec::new(),
+            shown: 0,
             text: String::new(),
             max_tokens,
             context,
@@ -158,15 +187,18 @@ impl<'a> Output<'a> {
 
     /// Takes the token sampled when the context holds `pos` tokens; says why to stop, if so.
     /// `on_text` gets each new piece of text and returns false to stop.
-    fn accept(&mut self, next: u32, pos: usize, on_text: &mut OnText) -> Option<StopReason> {
-        if self.tok.stop_ids.contains(&next) {
+    fn accept(&mut self, next: Chosen, pos: usize, on_text: &mut OnText) -> Option<StopReason> {
+        if self.tok.stop_ids.contains(&next.id) {
             return Some(StopReason::EndOfTurn);
         }
-        self.ids.push(next);
-        let piece = self.stream.push(next);
+        self.ids.push(next.id);
+        let piece = self.stream.push(next.id);
+        self.tokens.push(next);
         if !piece.is_empty() {
             self.text.push_str(&piece);
-            if !on_text(&piece) {
+            let tokens = &self.tokens[self.shown..];
+            self.shown = self.tokens.len();
+            if !on_text(&piece, tokens) {
                 return Some(StopReason::Stopped);
             }
         }
@@ -174,6 +206,11 @@ impl<'a> Output<'a> {
             return Some(StopReason::Length);
         }
         (pos >= self.context).then_some(StopReason::Context)
+    }
+
+    /// The last token taken.
+    fn last(&self) -> u32 {
+        self.ids.last().copied().unwrap_or_default()
     }
 
     fn finish(
@@ -185,6 +222,7 @@ impl<'a> Output<'a> {
     ) -> Generation {
         Generation {
             ids: self.ids,
+            tokens: self.tokens,
             text: self.text,
             prompt_tokens,
             time_to_first_token: ttft,
@@ -197,8 +235,9 @@ impl<'a> Output<'a> {
     }
 }
 
-/// What a generation calls with each new piece of text; returning false stops it.
-pub type OnText<'a> = dyn FnMut(&str) -> bool + Send + 'a;
+/// What a generation calls with each new piece of text and the tokens it completes (those
+/// since the last piece); returning false stops it.
+pub type OnText<'a> = dyn FnMut(&str, &[Chosen]) -> bool + Send + 'a;
 
 /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each new piece of text.
 /// Stop tokens end the generation and are not shown.
@@ -221,7 +260,7 @@ pub fn generate(
     let stop = loop {
         let next = sampler.sample(&last[last.len() - vocab..]);
         ttft.get_or_insert_with(|| start.elapsed());
-        if let Some(stop) = out.accept(next, cache.pos(), on_text) {
+        if let Some(stop) = out.accept(Chosen::plain(next), cache.pos(), on_text) {
             break stop;
         }
         last = cache.forward(SpanInput::Tokens(&[next]), Logits::Last)?;
@@ -230,6 +269,14 @@ pub fn generate(
     let mut g = out.finish(prompt.len(), start, ttft.unwrap_or_default(), stop);
     g.decode_steps = decode_steps;
     Ok(g)
+}
+
+fn chosen(t: TokenOut) -> Chosen {
+    Chosen {
+        id: t.token,
+        logprob: t.logprob,
+        top: t.top,
+    }
 }
 
 /// The most steps the head hop starts by itself between two steps this client sends: between
@@ -261,7 +308,7 @@ pub async fn generate_remote(
         by_length.min(by_context).min(RUN_AHEAD) as u32
     };
     let more = wanted(session, &out, prompt.len());
-    let mut next = session.step(prompt, more).await?.token;
+    let mut next = chosen(session.step(prompt, more).await?);
     let ttft = start.elapsed();
     let mut hop_compute: Vec<Duration> = Vec::new();
     let mut decode_steps = 0;
@@ -277,14 +324,14 @@ pub async fn generate_remote(
             }
             None => {
                 let more = wanted(session, &out, 1);
-                session.step(&[next], more).await?
+                session.step(&[out.last()], more).await?
             }
         };
         hop_compute.resize(t.hop_us.len().max(hop_compute.len()), Duration::ZERO);
         for (sum, us) in hop_compute.iter_mut().zip(&t.hop_us) {
             *sum += Duration::from_micros(*us as u64);
         }
-        next = t.token;
+        next = chosen(t);
         decode_steps += 1;
     };
     let mut g = out.finish(prompt.len(), start, ttft, stop);

@@ -13,6 +13,15 @@ use crate::remote::{RemoteSession, SessionOptions};
 use crate::route::PlannedHop;
 use crate::swarm::{hop_of, SwarmClient, SwarmError};
 
+/// What a request asks of each token besides how to sample it.
+#[derive(Clone, Debug, Default)]
+pub struct TokenAsk {
+    /// Report each token's log-probability, with this many of the likeliest tokens.
+    pub top_logprobs: Option<u8>,
+    /// Added to these tokens' logits before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
 /// How long a step may take before a session gives up on it.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -84,6 +93,7 @@ impl SwarmModel {
         &self,
         sampling: Sampling,
         tokens: usize,
+        ask: TokenAsk,
     ) -> Result<RemoteSession, SwarmError> {
         let options = SessionOptions {
             model_id: self.id.clone(),
@@ -91,7 +101,9 @@ impl SwarmModel {
             wire_dtype: self.wire_dtype,
             max_tokens: tokens.min(self.context()) as u32,
             step_timeout: STEP_TIMEOUT,
-            logprobs: false,
+            logprobs: ask.top_logprobs.is_some(),
+            top_logprobs: ask.top_logprobs.unwrap_or(0),
+            logit_bias: ask.logit_bias,
             swarm_key: self.client.access.swarm_key,
             stop_ids: self.tok.stop_ids.clone(),
             verify: self.verify,

@@ -58,6 +58,11 @@ pub struct SessionOptions {
     pub step_timeout: Duration,
     /// Ask the head hop for each token's log-probability.
     pub logprobs: bool,
+    /// With `logprobs`: how many of the likeliest tokens to report with each token (at most
+    /// `wire::MAX_TOP_LOGPROBS`).
+    pub top_logprobs: u8,
+    /// Added to these tokens' logits before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
     /// A private swarm's key.
     pub swarm_key: Option<SwarmKey>,
     /// Tokens that end a generation: the head hop does not feed them on as the next step.

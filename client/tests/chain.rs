@@ -50,6 +50,8 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         max_tokens: 512,
         step_timeout: Duration::from_secs(60),
         logprobs: false,
+        top_logprobs: 0,
+        logit_bias: Vec::new(),
         swarm_key: None,
         stop_ids: Vec::new(),
         verify: 0.0,
@@ -96,7 +98,7 @@ async fn three_nodes_generate_exactly_what_one_process_does() {
             &case.prompt_ids,
             n,
             Sampling::default(),
-            &mut |_| true,
+            &mut |_, _| true,
         )
         .unwrap();
         let remote = remote_greedy(&route, WireDtype::F32, &case.prompt_ids, local.ids.len()).await;

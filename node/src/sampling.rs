@@ -1,5 +1,5 @@
-//! Reading logits: greedy and random sampling (temperature, top-k, top-p, seed), the top-k of a
-//! row, log-softmax.
+//! Reading logits: greedy and random sampling (temperature, top-k, top-p, seed, logit bias),
+//! the top-k of a row, log-softmax.
 
 pub use baton_protocol::wire::Sampling;
 
@@ -7,6 +7,8 @@ pub use baton_protocol::wire::Sampling;
 pub struct Sampler {
     params: Sampling,
     state: u64,
+    /// Added to these tokens' logits before anything else (OpenAI's `logit_bias`).
+    bias: Vec<(u32, f32)>,
 }
 
 impl Sampler {
@@ -14,7 +16,15 @@ impl Sampler {
         Sampler {
             params,
             state: params.seed ^ 0x9e37_79b9_7f4a_7c15,
+            bias: Vec::new(),
         }
+    }
+
+    /// The same sampler with `bias` added to the logits it reads; ids past the vocabulary are
+    /// left out.
+    pub fn with_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
+        self.bias = bias;
+        self
     }
 
     /// splitmix64: small, fast and fully determined by the seed.
@@ -36,6 +46,19 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.bias.is_empty() {
+            return self.draw(logits);
+        }
+        let mut biased = logits.to_vec();
+        for &(id, b) in &self.bias {
+            if let Some(l) = biased.get_mut(id as usize) {
+                *l += b;
+            }
+        }
+        self.draw(&biased)
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
         if p.temperature <= 0.0 || p.top_k == 1 {
             return argmax(logits);
@@ -97,6 +120,9 @@ pub fn argmax(row: &[f32]) -> u32 {
 /// The `k` largest entries of `row`, largest first, as (id, logit).
 pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let k = k.min(row.len());
+    if k == 0 {
+        return Vec::new();
+    }
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in row.iter().enumerate() {
         if best.len() < k || v > best[best.len() - 1].1 {
@@ -108,11 +134,25 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     best
 }
 
-/// `log softmax(row)[id]`.
-pub fn log_prob(row: &[f32], id: usize) -> f32 {
+/// `log sum exp(row)`: what a logit less it is its log-probability.
+fn log_norm(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
     let sum: f64 = row.iter().map(|v| ((v - max) as f64).exp()).sum();
-    (row[id] - max) - sum.ln() as f32
+    max + sum.ln() as f32
+}
+
+/// `log softmax(row)[id]`.
+pub fn log_prob(row: &[f32], id: usize) -> f32 {
+    row[id] - log_norm(row)
+}
+
+/// `log softmax(row)` of `id`, and of the `k` likeliest tokens, likeliest first (ties by id):
+/// what a token is reported with when its log-probabilities are asked for.
+pub fn log_probs(row: &[f32], id: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let norm = log_norm(row);
+    let of = |id: u32| row.get(id as usize).map_or(f32::NEG_INFINITY, |l| l - norm);
+    let top = top_k(row, k).into_iter().map(|(i, _)| (i, of(i))).collect();
+    (of(id), top)
 }
 
 #[cfg(test)]
@@ -131,6 +171,40 @@ mod tests {
     fn log_prob_of_uniform_row() {
         let row = [1.0f32; 4];
         assert!((log_prob(&row, 2) - (0.25f32).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn log_probs_report_the_token_and_the_likeliest() {
+        let row = [0.0f32, 2.0, 1.0, 2.0];
+        let (lp, top) = log_probs(&row, 2, 3);
+        assert!((lp - log_prob(&row, 2)).abs() < 1e-6);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 2]);
+        let mass: f32 = (0..4).map(|i| log_prob(&row, i).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6);
+        assert!((top[0].1 - log_prob(&row, 1)).abs() < 1e-6 && top[0].1 == top[1].1);
+        assert!(log_probs(&row, 2, 0).1.is_empty());
+    }
+
+    #[test]
+    fn logit_bias_moves_greedy_and_random_draws() {
+        let logits = [1.0, 2.0, 0.5, 1.9];
+        let mut s = Sampler::new(Sampling::default()).with_bias(vec![(1, -100.0), (9, 5.0)]);
+        assert_eq!(
+            s.sample(&logits),
+            3,
+            "the banned favourite gives way to the next"
+        );
+        let params = Sampling {
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(params).with_bias(vec![(2, 100.0)]);
+        assert!(
+            (0..50).all(|_| s.sample(&logits) == 2),
+            "a large bias forces its token"
+        );
     }
 
     #[test]

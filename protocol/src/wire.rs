@@ -88,6 +88,12 @@ pub struct OpenSession {
     pub max_tokens: u32,
     /// Whether the head hop reports each token's log-probability.
     pub logprobs: bool,
+    /// With `logprobs`: how many of the likeliest tokens the head hop reports with each token
+    /// it samples, at most [`MAX_TOP_LOGPROBS`].
+    pub top_logprobs: u8,
+    /// Added to the logits of these tokens before sampling (OpenAI's `logit_bias`), at most
+    /// [`MAX_LOGIT_BIAS`] entries. Log-probabilities are reported without it.
+    pub logit_bias: Vec<(u32, f32)>,
     /// On the hop that holds `head`: the first hop of the route, to which it may feed each
     /// token it samples as the next step (see [`Step::more`]).
     pub ring: Option<NextHop>,
@@ -106,6 +112,12 @@ pub struct OpenSession {
 
 /// The most feeders a session names.
 pub const MAX_FEEDERS: usize = 4;
+
+/// The most alternatives a token is reported with (OpenAI's limit for `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The most tokens a session's logit bias names.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// Client → hop: from now on, the session's steps come from `peer_id` (a new hop before it),
 /// instead of the feeders it was opened with. Answered with `Ack`.
@@ -196,6 +208,9 @@ pub struct TokenOut {
     /// Its log-probability under the unmodified distribution, when the session asked for it
     /// (a softmax over the vocabulary costs the head hop time on every step).
     pub logprob: Option<f32>,
+    /// The session's `top_logprobs` likeliest tokens with their log-probabilities, likeliest
+    /// first (ties by id), under the same distribution as `logprob`.
+    pub top: Vec<(u32, f32)>,
     /// How long each hop took to compute this step, in microseconds, in route order.
     pub hop_us: Vec<u32>,
     /// Whether the head hop also sent the token to the first hop as step `seq + 1`.
@@ -543,6 +558,13 @@ impl Message {
                 Ok(())
             }
         };
+        let many = |field: &'static str, len: usize, max: usize| {
+            if len > max {
+                Err(WireError::TooMany { field, len, max })
+            } else {
+                Ok(())
+            }
+        };
         match self {
             Message::Hello(h) => check("name", &h.name),
             Message::OpenSession(o) => {
@@ -551,21 +573,15 @@ impl Message {
                     check("next.peer_id", &n.peer_id)?;
                     check("next.addr", &n.addr)?;
                 }
-                if o.stop_ids.len() > MAX_STOP_IDS {
-                    return Err(WireError::TooMany {
-                        field: "stop_ids",
-                        len: o.stop_ids.len(),
-                        max: MAX_STOP_IDS,
-                    });
-                }
-                if o.feeders.len() > MAX_FEEDERS {
-                    return Err(WireError::TooMany {
-                        field: "feeders",
-                        len: o.feeders.len(),
-                        max: MAX_FEEDERS,
-                    });
-                }
+                many("stop_ids", o.stop_ids.len(), MAX_STOP_IDS)?;
+                many("feeders", o.feeders.len(), MAX_FEEDERS)?;
+                many("logit_bias", o.logit_bias.len(), MAX_LOGIT_BIAS)?;
+                many("top_logprobs", o.top_logprobs as usize, MAX_TOP_LOGPROBS)?;
                 o.feeders.iter().try_for_each(|f| check("feeders", f))
+            }
+            Message::Token(t) => {
+                many("hop_us", t.hop_us.len(), MAX_HOPS)?;
+                many("top", t.top.len(), MAX_TOP_LOGPROBS)
             }
             Message::Admit(a) => check("peer_id", &a.peer_id),
             Message::Redirect(r) => {
@@ -573,15 +589,7 @@ impl Message {
                 check("next.addr", &r.next.addr)
             }
             Message::Error(e) => check("message", &e.message),
-            Message::Forward(Forward { hop_us, .. }) | Message::Token(TokenOut { hop_us, .. })
-                if hop_us.len() > MAX_HOPS =>
-            {
-                Err(WireError::TooMany {
-                    field: "hop_us",
-                    len: hop_us.len(),
-                    max: MAX_HOPS,
-                })
-            }
+            Message::Forward(f) => many("hop_us", f.hop_us.len(), MAX_HOPS),
             Message::GetModelInfo(g) => check("model_id", &g.model_id),
             Message::ModelInfo(m) => {
                 check("model_id", &m.model_id)?;
@@ -596,14 +604,7 @@ impl Message {
                         len: template.len(),
                     });
                 }
-                if t.stop_ids.len() > 64 {
-                    return Err(WireError::TooMany {
-                        field: "stop_ids",
-                        len: t.stop_ids.len(),
-                        max: 64,
-                    });
-                }
-                Ok(())
+                many("stop_ids", t.stop_ids.len(), MAX_STOP_IDS)
             }
             _ => Ok(()),
         }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use baton_client::chat::Chat;
-use baton_client::generate::{Generation, StopReason};
+use baton_client::generate::{Chosen, Generation, StopReason};
 use baton_client::model::SwarmModel;
 use baton_protocol::wire::Sampling;
 use clap::Args;
@@ -157,7 +157,7 @@ pub async fn run(a: ChatArgs) -> anyhow::Result<()> {
             _ => {}
         }
         let shown = Mutex::new(String::new());
-        let mut on_text = |piece: &str| {
+        let mut on_text = |piece: &str, _: &[Chosen]| {
             out.piece(piece);
             if let Ok(mut s) = shown.lock() {
                 s.push_str(piece);

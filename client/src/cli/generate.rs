@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use baton_client::generate::{generate, generate_remote, Generation, StopReason};
-use baton_client::model::SwarmModel;
+use baton_client::generate::{generate, generate_remote, Chosen, Generation, StopReason};
+use baton_client::model::{SwarmModel, TokenAsk};
 use baton_client::remote::Hop;
 use baton_client::swarm::SwarmClient;
 use baton_node::sampling::Sampling;
@@ -117,7 +117,7 @@ impl GenerateArgs {
     }
 }
 
-fn print_piece(piece: &str) -> bool {
+fn print_piece(piece: &str, _: &[Chosen]) -> bool {
     let mut out = std::io::stdout();
     let _ = out.write_all(piece.as_bytes());
     let _ = out.flush();
@@ -190,7 +190,9 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         "the prompt's {} tokens fill the model's context of {context}",
         ids.len()
     );
-    let mut session = model.open(a.sampling(), ids.len() + a.max_tokens).await?;
+    let mut session = model
+        .open(a.sampling(), ids.len() + a.max_tokens, TokenAsk::default())
+        .await?;
     let hops = |route: &[Hop]| -> Vec<String> {
         route
             .iter()

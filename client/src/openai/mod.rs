@@ -4,6 +4,7 @@
 //! (pipelined through the hops). Streamed answers are server-sent events ending in
 //! `data: [DONE]`, as OpenAI's are.
 
+mod logprobs;
 pub mod metrics;
 pub mod types;
 
@@ -30,11 +31,12 @@ use tracing::{info, warn};
 use baton_node::server::Server;
 use metrics::ServeMetrics;
 
-use crate::generate::{generate_remote, Generation};
-use crate::model::{PromptError, SwarmModel};
+use crate::generate::{generate_remote, Chosen, Generation};
+use crate::model::{PromptError, SwarmModel, TokenAsk};
 use crate::route::RouteError;
 use crate::stop::StopStrings;
 use crate::swarm::SwarmError;
+use logprobs::Render;
 use types::{
     is_unset, ChatRequest, Common, CompletionRequest, Head, Kind, Prompt, Stop, Usage, UNSUPPORTED,
 };
@@ -215,13 +217,14 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 /// A request's settings, checked.
 struct Params {
     sampling: Sampling,
+    ask: TokenAsk,
     max_tokens: Option<usize>,
     stops: Vec<String>,
     stream: bool,
     include_usage: bool,
 }
 
-fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
+fn params(state: &AppState, c: Common, kind: Kind) -> Result<Params, ApiError> {
     let model = &state.model;
     if let Some(m) = &c.model {
         if m != &model.name && m != &model.id {
@@ -246,6 +249,14 @@ fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
                 .code("unsupported_parameter"),
         );
     }
+    let ask = logprobs::ask(
+        kind,
+        c.logprobs.as_ref(),
+        c.top_logprobs.as_ref(),
+        c.logit_bias.as_ref(),
+        model.info.vocab as usize,
+    )
+    .map_err(|(field, msg)| ApiError::bad_request(msg).param(field))?;
     if c.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("only n=1 is supported"));
     }
@@ -272,6 +283,7 @@ fn params(state: &AppState, c: Common) -> Result<Params, ApiError> {
             top_p,
             seed,
         },
+        ask,
         max_tokens: c.max_completion_tokens.or(c.max_tokens).map(|n| n as usize),
         stops,
         stream: c.stream,
@@ -308,14 +320,14 @@ async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Result<Response
     if messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty"));
     }
-    let p = params(&state, req.common)?;
+    let p = params(&state, req.common, Kind::Chat)?;
     let prompt = state.model.chat_prompt(&messages)?;
     run(state, Kind::Chat, prompt, p).await
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(&read_body(body).await?)?;
-    let mut p = params(&state, req.common)?;
+    let mut p = params(&state, req.common, Kind::Completion)?;
     // OpenAI's default for completions.
     p.max_tokens.get_or_insert(16);
     let one = || ApiError::bad_request("give one prompt per request").param("prompt");
@@ -331,7 +343,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Result<R
 
 /// What a generation task sends to the response.
 enum Out {
-    Text(String),
+    /// New text, and the tokens it completes where their log-probabilities were asked for.
+    Text(String, Vec<Chosen>),
     Done(Generation),
     Failed(String),
 }
@@ -367,7 +380,7 @@ async fn run(
     let mut session = loop {
         match state
             .model
-            .open(p.sampling, prompt.len() + max_tokens)
+            .open(p.sampling, prompt.len() + max_tokens, p.ask.clone())
             .await
         {
             Ok(s) => break s,
@@ -394,12 +407,23 @@ async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let task_state = state.clone();
     let stops = p.stops.clone();
+    let asked = p.ask.top_logprobs.is_some();
     tokio::spawn(async move {
         let mut filter = StopStrings::new(stops);
         let text_tx = tx.clone();
-        let mut on_text = |piece: &str| {
+        // Tokens whose text the stop strings still hold back, and how many tokens were seen.
+        let mut held: Vec<Chosen> = Vec::new();
+        let mut seen = 0;
+        let mut on_text = |piece: &str, tokens: &[Chosen]| {
+            seen += tokens.len();
+            if asked {
+                held.extend_from_slice(tokens);
+            }
             let shown = filter.push(piece);
-            let open = shown.is_empty() || text_tx.send(Out::Text(shown)).is_ok();
+            let open = shown.is_empty()
+                || text_tx
+                    .send(Out::Text(shown, std::mem::take(&mut held)))
+                    .is_ok();
             open && !filter.stopped()
         };
         let tok = &task_state.model.tok;
@@ -410,9 +434,16 @@ async fn run(
         let _ = match result {
             Ok(g) => {
                 metrics.done(&g, arrived.elapsed().as_secs_f64());
-                let rest = filter.finish();
-                if !rest.is_empty() && !filter.stopped() {
-                    let _ = tx.send(Out::Text(rest));
+                let mut rest = filter.finish();
+                if filter.stopped() {
+                    rest.clear();
+                }
+                // The tokens not given out yet: held back, or with no text of their own.
+                if asked {
+                    held.extend(g.tokens.iter().skip(seen).cloned());
+                }
+                if !rest.is_empty() || !held.is_empty() {
+                    let _ = tx.send(Out::Text(rest, held));
                 }
                 tx.send(Out::Done(g))
             }
@@ -429,7 +460,7 @@ async fn run(
         let mut text = String::new();
         while let Some(out) = rx.recv().await {
             match out {
-                Out::Text(t) => text.push_str(&t),
+                Out::Text(t, _) => text.push_str(&t),
                 Out::Done(g) => {
                     log_done(&id, &g);
                     let head = Head {
@@ -439,9 +470,13 @@ async fn run(
                         kind,
                     };
                     let usage = Usage::new(g.prompt_tokens, g.completion_tokens());
-                    return Ok(
-                        Json(head.response(&text, g.stop.finish_reason(), usage)).into_response()
-                    );
+                    let logprobs = match asked {
+                        true => Render::new(kind).value(&state.model.tok, &g.tokens),
+                        false => Value::Null,
+                    };
+                    let finish = g.stop.finish_reason();
+                    let body = head.response(&text, finish, usage, logprobs);
+                    return Ok(Json(body).into_response());
                 }
                 Out::Failed(e) => {
                     return Err(ApiError::new(
@@ -468,10 +503,11 @@ async fn run(
         head.role_chunk()
     });
     let include_usage = p.include_usage;
-    let events = stream::unfold(Some(rx), move |rx| {
+    let events = stream::unfold(Some((rx, Render::new(kind))), move |rx| {
         let (id, model) = (id.clone(), model.clone());
+        let state = state.clone();
         async move {
-            let mut rx = rx?;
+            let (mut rx, mut render) = rx?;
             let head = Head {
                 id: &id,
                 created,
@@ -479,10 +515,14 @@ async fn run(
                 kind,
             };
             let items: Vec<Value> = match rx.recv().await {
-                Some(Out::Text(t)) => vec![head.chunk(Some(&t), None)],
+                Some(Out::Text(t, tokens)) => {
+                    let logprobs = render.value(&state.model.tok, &tokens);
+                    vec![head.chunk(Some(&t), None, logprobs)]
+                }
                 Some(Out::Done(g)) => {
                     log_done(&id, &g);
-                    let mut v = vec![head.chunk(None, Some(g.stop.finish_reason()))];
+                    let finish = g.stop.finish_reason();
+                    let mut v = vec![head.chunk(None, Some(finish), Value::Null)];
                     if include_usage {
                         v.push(
                             head.usage_chunk(Usage::new(g.prompt_tokens, g.completion_tokens())),
@@ -496,7 +536,7 @@ async fn run(
                 }
                 None => return None,
             };
-            Some((items, Some(rx)))
+            Some((items, Some((rx, render))))
         }
     });
     let stream = stream::iter(first.into_iter().map(|v| vec![v]))

@@ -79,9 +79,6 @@ pub const UNSUPPORTED: &[&str] = &[
     "function_call",
     "parallel_tool_calls",
     "response_format",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
     "presence_penalty",
     "frequency_penalty",
     "suffix",
@@ -132,6 +129,13 @@ pub struct Common {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Chat: true or false; completions: how many alternatives (see `logprobs::ask`).
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
+    #[serde(default)]
+    pub logit_bias: Option<Value>,
     /// Every other field of the request.
     #[serde(flatten)]
     pub rest: serde_json::Map<String, Value>,
@@ -207,39 +211,39 @@ impl Head<'_> {
     }
 
     /// The whole answer of a request that did not stream.
-    pub fn response(&self, text: &str, finish: &str, usage: Usage) -> Value {
+    pub fn response(&self, text: &str, finish: &str, usage: Usage, logprobs: Value) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": finish,
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
             Kind::Completion => json!({
                 "index": 0,
                 "text": text,
                 "finish_reason": finish,
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
         };
         self.wrap(false, json!([choice]), Some(usage))
     }
 
-    /// One streamed chunk: new text, or (with `finish`) the end.
-    pub fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    /// One streamed chunk: new text and its tokens' `logprobs`, or (with `finish`) the end.
+    pub fn chunk(&self, text: Option<&str>, finish: Option<&str>, logprobs: Value) -> Value {
         let choice = match self.kind {
             Kind::Chat => {
                 let delta = match text {
                     Some(t) => json!({"content": t}),
                     None => json!({}),
                 };
-                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
             }
             Kind::Completion => json!({
                 "index": 0,
                 "text": text.unwrap_or(""),
                 "finish_reason": finish,
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
         };
         self.wrap(true, json!([choice]), None)

@@ -88,6 +88,8 @@ impl Dialer {
             max_tokens: options.max_tokens,
             // The head's log-probabilities let checks see a perturbed head.
             logprobs: options.logprobs || options.verify > 0.0,
+            top_logprobs: options.top_logprobs,
+            logit_bias: options.logit_bias.clone(),
             ring: role.ring.map(next_hop),
             stop_ids: options.stop_ids.clone(),
             tap: role.tap,

@@ -31,6 +31,10 @@ impl Server {
             );
             return Err(fail(ErrorCode::TooLarge, msg));
         }
+        if let Some((id, b)) = o.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            let msg = format!("the logit bias of token {id} is {b}, not a finite number");
+            return Err(fail(ErrorCode::Malformed, msg));
+        }
         // A span without head passes its output on, or (a check of another hop) taps it to
         // the opener; the head hop samples.
         if engine.has_head() && (o.next.is_some() || o.tap)
@@ -69,7 +73,7 @@ impl Server {
             cache,
             next,
             reply.clone(),
-            Sampler::new(o.sampling),
+            Sampler::new(o.sampling).with_bias(o.logit_bias.clone()),
             o.wire_dtype,
             o.logprobs,
             o.max_tokens as usize,
@@ -81,6 +85,7 @@ impl Server {
             .collect::<Result<_, _>>()
             .map_err(|_| fail(ErrorCode::Malformed, "a feeder is not a peer id".into()))?;
         session.tap = o.tap;
+        session.top_logprobs = o.top_logprobs as usize;
         session.perturb = self.options.fault_perturb;
         if o.next.is_none() {
             session.ring = o.ring.clone().map(|first| Ring {

@@ -38,6 +38,8 @@ pub struct Session {
     pub sampler: Sampler,
     pub wire: WireDtype,
     pub logprobs: bool,
+    /// With `logprobs`: how many of the likeliest tokens come with each token.
+    pub top_logprobs: usize,
     /// The KV tokens the session was admitted for.
     pub max_tokens: usize,
     /// `(step, cache position after it)` for every step, or for the last step of a replay.
@@ -73,6 +75,7 @@ impl Session {
             sampler,
             wire,
             logprobs,
+            top_logprobs: 0,
             max_tokens,
             bounds: Vec::new(),
             sent: Vec::new(),

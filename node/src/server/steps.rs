@@ -16,7 +16,7 @@ use super::batch::Input;
 use super::session::Session;
 use super::{error, error_code, unknown, Send, Server, StepInput, StepMsg, NETWORK_WAIT};
 use crate::net::{self, NetError, PeerId};
-use crate::sampling::log_prob;
+use crate::sampling::log_probs;
 
 impl Server {
     /// Opens a stream to the next hop for a session; errors the next hop answers are passed on
@@ -239,7 +239,13 @@ impl Server {
             }
             _ => {
                 let token = s.sampler.sample_at(&out, seq);
-                let logprob = s.logprobs.then(|| log_prob(&out, token as usize));
+                let (logprob, top) = match s.logprobs {
+                    true => {
+                        let (lp, top) = log_probs(&out, token, s.top_logprobs);
+                        (Some(lp), top)
+                    }
+                    false => (None, Vec::new()),
+                };
                 let fed_on = match m.more.checked_sub(1) {
                     Some(more) => self.feed_on(&mut s, id, seq + 1, token, more).await,
                     None => false,
@@ -249,6 +255,7 @@ impl Server {
                     seq,
                     token,
                     logprob,
+                    top,
                     hop_us,
                     fed_on,
                 });

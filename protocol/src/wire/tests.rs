@@ -55,7 +55,13 @@ fn message() -> impl Strategy<Value = Message> {
             next(),
             proptest::collection::vec(any::<u32>(), 0..4),
             any::<bool>(),
-            proptest::collection::vec(text, 0..3)
+            (
+                proptest::collection::vec(text, 0..3),
+                (
+                    0u8..=20,
+                    proptest::collection::vec((any::<u32>(), -100f32..100.0), 0..4)
+                )
+            )
         )
             .prop_map(
                 |(
@@ -70,7 +76,7 @@ fn message() -> impl Strategy<Value = Message> {
                     ring,
                     stop_ids,
                     tap,
-                    feeders,
+                    (feeders, (top_logprobs, logit_bias)),
                 )| {
                     Message::OpenSession(OpenSession {
                         session,
@@ -81,6 +87,8 @@ fn message() -> impl Strategy<Value = Message> {
                         wire_dtype,
                         max_tokens,
                         logprobs,
+                        top_logprobs,
+                        logit_bias,
                         ring,
                         stop_ids,
                         tap,
@@ -127,15 +135,17 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<u32>(),
             proptest::option::of(-20f32..0.0),
+            proptest::collection::vec((any::<u32>(), -20f32..0.0), 0..20),
             proptest::collection::vec(any::<u32>(), 0..8),
             any::<bool>()
         )
-            .prop_map(|(session, seq, token, logprob, hop_us, fed_on)| {
+            .prop_map(|(session, seq, token, logprob, top, hop_us, fed_on)| {
                 Message::Token(TokenOut {
                     session,
                     seq,
                     token,
                     logprob,
+                    top,
                     hop_us,
                     fed_on,
                 })
@@ -248,4 +258,63 @@ fn limits_hold() {
         ErrorCode::try_from(0),
         Err("unknown error code 0".to_string())
     );
+}
+
+#[test]
+fn counts_of_log_probabilities_and_biases_are_bounded() {
+    let token = |n: usize| {
+        Message::Token(TokenOut {
+            session: 1,
+            seq: 0,
+            token: 3,
+            logprob: Some(-1.0),
+            top: vec![(3, -1.0); n],
+            hop_us: Vec::new(),
+            fed_on: false,
+        })
+    };
+    let ok = token(MAX_TOP_LOGPROBS);
+    assert_eq!(Message::decode_body(&ok.encode_body()), Ok(ok));
+    assert_eq!(
+        Message::decode_body(&token(MAX_TOP_LOGPROBS + 1).encode_body()),
+        Err(WireError::TooMany {
+            field: "top",
+            len: MAX_TOP_LOGPROBS + 1,
+            max: MAX_TOP_LOGPROBS
+        })
+    );
+    let open = |top_logprobs: u8, bias: usize| {
+        Message::OpenSession(OpenSession {
+            session: 1,
+            model_id: "m".into(),
+            span: Span { start: 0, end: 1 },
+            next: None,
+            sampling: Sampling::default(),
+            wire_dtype: WireDtype::F32,
+            max_tokens: 8,
+            logprobs: true,
+            top_logprobs,
+            logit_bias: vec![(1, 1.0); bias],
+            ring: None,
+            stop_ids: Vec::new(),
+            tap: false,
+            feeders: Vec::new(),
+        })
+    };
+    let decode = |m: Message| Message::decode_body(&m.encode_body());
+    assert!(decode(open(MAX_TOP_LOGPROBS as u8, MAX_LOGIT_BIAS)).is_ok());
+    assert!(matches!(
+        decode(open(MAX_TOP_LOGPROBS as u8 + 1, 0)),
+        Err(WireError::TooMany {
+            field: "top_logprobs",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode(open(0, MAX_LOGIT_BIAS + 1)),
+        Err(WireError::TooMany {
+            field: "logit_bias",
+            ..
+        })
+    ));
 }
