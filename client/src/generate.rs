@@ -70,6 +70,8 @@ pub struct Generation {
     /// Of those, the steps the head hop started by itself, without a round trip through the
     /// client.
     pub fed_on: usize,
+    /// The time between each two tokens taken, in order: the inter-token latencies.
+    pub gaps: Vec<Duration>,
 }
 
 impl Generation {
@@ -166,6 +168,9 @@ struct Output<'a> {
     tokens: Vec<Chosen>,
     /// How many of `tokens` the text given out so far covers.
     shown: usize,
+    /// When the last token was taken, and the gaps between tokens so far.
+    last_at: Option<Instant>,
+    gaps: Vec<Duration>,
     text: String,
     max_tokens: usize,
     context: usize,
@@ -179,6 +184,8 @@ impl<'a> Output<'a> {
             ids: Vec::new(),
             tokens: Vec::new(),
             shown: 0,
+            last_at: None,
+            gaps: Vec::new(),
             text: String::new(),
             max_tokens,
             context,
@@ -188,6 +195,10 @@ impl<'a> Output<'a> {
     /// Takes the token sampled when the context holds `pos` tokens; says why to stop, if so.
     /// `on_text` gets each new piece of text and returns false to stop.
     fn accept(&mut self, next: Chosen, pos: usize, on_text: &mut OnText) -> Option<StopReason> {
+        let now = Instant::now();
+        if let Some(last) = self.last_at.replace(now) {
+            self.gaps.push(now - last);
+        }
         if self.tok.stop_ids.contains(&next.id) {
             return Some(StopReason::EndOfTurn);
         }
@@ -231,6 +242,7 @@ impl<'a> Output<'a> {
             hop_compute: Vec::new(),
             decode_steps: 0,
             fed_on: 0,
+            gaps: self.gaps,
         }
     }
 }

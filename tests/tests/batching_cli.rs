@@ -83,6 +83,9 @@ fn check(nodes: &str) {
     assert_eq!(requests, 16.0, "{metrics}");
     let tokens = sum(&|l| l.starts_with("baton:generation_tokens_total"));
     assert!(tokens >= 16.0 * 20.0, "{metrics}");
+    // One inter-token latency for each token after a request's first.
+    let gaps = sum(&|l| l.starts_with("baton:inter_token_latency_seconds_count"));
+    assert_eq!(gaps, tokens - requests, "{metrics}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `baton serve` at capacity: 64 streams fill the node's sessions; further requests wait in a
-//! bounded queue and beyond it are answered 429 with the reason; when the 64 clients drop at
-//! once, their sessions free at once and every following request is answered.
+//! bounded queue, first come first served, and beyond it are answered 429 with the reason; when
+//! the clients drop at once, their sessions free at once and every following request is
+//! answered.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,15 +65,22 @@ fn full_nodes_queue_requests_and_dropped_clients_free_their_sessions() {
         metric(&server, "baton:num_requests_running") == 64.0
     });
 
-    // Three more wait for room; the one after them is refused at once, with the reason.
+    // Three more wait for room, one after the other; the one after them is refused at once,
+    // with the reason.
     let small = json!({"prompt": "The sky is", "max_tokens": 3, "temperature": 0});
     std::thread::scope(|s| {
         let queued: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| server.post("/v1/completions", &small)))
+            .map(|i| {
+                let q = s.spawn(|| {
+                    let answer = server.post("/v1/completions", &small);
+                    (answer, Instant::now())
+                });
+                wait_for("the request waits", || {
+                    metric(&server, "baton:num_requests_waiting") == (i + 1) as f64
+                });
+                q
+            })
             .collect();
-        wait_for("three requests wait", || {
-            metric(&server, "baton:num_requests_waiting") == 3.0
-        });
         let (status, v) = server.post("/v1/completions", &small);
         assert_eq!(status, 429, "{v}");
         assert_eq!(v["error"]["code"], "queue_full", "{v}");
@@ -81,21 +89,31 @@ fn full_nodes_queue_requests_and_dropped_clients_free_their_sessions() {
             "{v}"
         );
 
-        // All 64 clients go away at once: the waiting requests and every later one are
-        // answered.
-        let dropped = Instant::now();
-        for c in &mut clients {
-            c.kill().ok();
-        }
-        for q in queued {
-            let (status, v) = q.join().unwrap();
-            assert_eq!(status, 200, "{v}");
-        }
-        eprintln!(
-            "the queued requests finished {:?} after the drop",
-            dropped.elapsed()
+        // One client goes away: its room goes to the first in line, whose session then frees
+        // for the second, and so on: first come, first served.
+        clients[0].kill().ok();
+        let answered: Vec<Instant> = queued
+            .into_iter()
+            .map(|q| {
+                let ((status, v), at) = q.join().unwrap();
+                assert_eq!(status, 200, "{v}");
+                at
+            })
+            .collect();
+        assert!(
+            answered.windows(2).all(|w| w[0] < w[1]),
+            "the waiting requests were answered out of turn"
         );
     });
+
+    // All other clients go away at once: every later request is answered.
+    let dropped = Instant::now();
+    for c in &mut clients {
+        c.kill().ok();
+    }
+    let (status, v) = server.post("/v1/completions", &small);
+    assert_eq!(status, 200, "{v}");
+    eprintln!("answered {:?} after the drop", dropped.elapsed());
     for c in &mut clients {
         c.wait().ok();
     }

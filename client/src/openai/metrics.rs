@@ -61,6 +61,11 @@ impl ServeMetrics {
         Running(state.clone())
     }
 
+    /// How many requests wait for room now.
+    pub fn waiting_now(&self) -> i64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// A finished generation.
     pub fn done(&self, g: &Generation, total_s: f64) {
         self.success.fetch_add(1, Ordering::Relaxed);
@@ -69,10 +74,8 @@ impl ServeMetrics {
         self.generation_tokens
             .fetch_add(g.completion_tokens() as u64, Ordering::Relaxed);
         self.ttft.observe(g.time_to_first_token.as_secs_f64());
-        if g.decode_steps > 0 {
-            // Each request's mean, once per token after the first.
-            let mean = g.decode_time.as_secs_f64() / g.decode_steps as f64;
-            self.itl.observe_n(mean, g.decode_steps as u64);
+        for gap in &g.gaps {
+            self.itl.observe(gap.as_secs_f64());
         }
         self.e2e.observe(total_s);
     }

@@ -6,12 +6,13 @@
 
 mod logprobs;
 pub mod metrics;
+mod queue;
 pub mod types;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -53,10 +54,9 @@ pub struct AppState {
     nodes: Vec<Arc<Server>>,
     /// The most requests that wait for room on the nodes; more are answered 429.
     max_queue: usize,
+    /// The line of requests waiting for room: its lock goes to them in turn.
+    line: tokio::sync::Mutex<()>,
 }
-
-/// How long a request waits for room on the nodes before it is answered 503.
-const QUEUE_WAIT: Duration = Duration::from_secs(300);
 
 impl AppState {
     pub fn new(model: SwarmModel, nodes: Vec<Arc<Server>>, max_queue: usize) -> Arc<AppState> {
@@ -67,6 +67,7 @@ impl AppState {
             metrics: ServeMetrics::default(),
             nodes,
             max_queue,
+            line: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -372,35 +373,8 @@ async fn run(
         return Err(ApiError::bad_request("max_tokens must be at least 1"));
     }
     let arrived = Instant::now();
-    // Nodes without room for another session are waited for, as long as nothing else
-    // covers the model: a refusal for room is not a lack of coverage. At most `max_queue`
-    // requests wait; more are answered 429.
-    let mut queued = None;
-    let mut pause = Duration::from_millis(10);
-    let mut session = loop {
-        match state
-            .model
-            .open(p.sampling, prompt.len() + max_tokens, p.ask.clone())
-            .await
-        {
-            Ok(s) => break s,
-            Err(SwarmError::Busy(why)) if arrived.elapsed() < QUEUE_WAIT => {
-                if queued.is_none() {
-                    let msg = format!(
-                        "{why}; {} requests already wait for room, try again later",
-                        state.max_queue
-                    );
-                    let full = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "server_error", msg)
-                        .code("queue_full");
-                    queued = Some(ServeMetrics::waiting(&state, state.max_queue).ok_or(full)?);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    drop(queued);
+    let tokens = prompt.len() + max_tokens;
+    let mut session = queue::open_in_turn(&state, p.sampling, tokens, &p.ask, arrived).await?;
     let running = ServeMetrics::running(&state);
     // Whoever runs the server hears about repairs of a request's route.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
