@@ -14,16 +14,21 @@ fn error_of(status: u16, v: &Value, want_status: u16, param: &str) {
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 }
 
-#[test]
-fn the_api_refuses_what_it_does_not_do_and_takes_token_ids() {
+/// `baton serve` over one node in its own process, on the demo model.
+fn one_node_server() -> ServeProcess {
     let model = demo_model();
-    let server = ServeProcess::start(&[
+    ServeProcess::start(&[
         "--local",
         "--nodes",
         "1",
         "--model",
         model.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn the_api_refuses_what_it_does_not_do_and_takes_token_ids() {
+    let server = one_node_server();
     let user = json!([{"role": "user", "content": "Hi"}]);
 
     // Parameters an agent relies on are refused by name, not ignored.
@@ -128,14 +133,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 
 #[test]
 fn logprobs_are_the_models_and_logit_bias_moves_the_choice() {
-    let model = demo_model();
-    let server = ServeProcess::start(&[
-        "--local",
-        "--nodes",
-        "1",
-        "--model",
-        model.to_str().unwrap(),
-    ]);
+    let server = one_node_server();
     let case = cases()
         .unwrap()
         .into_iter()

@@ -158,21 +158,27 @@ fn gemm_tile(
 mod tests {
     use super::*;
     use crate::cpu::dot::tests::{rounding_bound, test_row};
-    use crate::quant::{QTensor, ALL_DTYPES};
+    use crate::quant::{DType, QTensor, ALL_DTYPES};
+    use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    /// `rows` random rows of `dtype`, `cols` weights each.
+    fn random_rows(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
+        (0..rows).flat_map(|_| test_row(rng, dtype, cols)).collect()
+    }
+
+    fn random_acts(rng: &mut StdRng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
 
     #[test]
     fn both_paths_match_the_dequantized_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for dtype in ALL_DTYPES {
             for (rows, cols, tokens) in [(1, 256, 1), (67, 512, 3), (130, 256, 5), (64, 768, 17)] {
-                let bytes: Vec<u8> = (0..rows)
-                    .flat_map(|_| test_row(&mut rng, dtype, cols))
-                    .collect();
+                let bytes = random_rows(&mut rng, dtype, rows, cols);
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
-                let x: Vec<f32> = (0..tokens * cols)
-                    .map(|_| rng.random_range(-1.0..1.0))
-                    .collect();
+                let x = random_acts(&mut rng, tokens * cols);
                 let mut y = vec![0f32; tokens * rows];
                 matmul(&w, &x, tokens, &mut y);
                 let mut deq = vec![0f32; cols];
@@ -209,13 +215,9 @@ mod tests {
         let tokens: usize = steps.iter().sum();
         for dtype in ALL_DTYPES {
             let (rows, cols) = (300, 512);
-            let bytes: Vec<u8> = (0..rows)
-                .flat_map(|_| test_row(&mut rng, dtype, cols))
-                .collect();
+            let bytes = random_rows(&mut rng, dtype, rows, cols);
             let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
-            let x: Vec<f32> = (0..tokens * cols)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
+            let x = random_acts(&mut rng, tokens * cols);
             let mut y = vec![0f32; tokens * rows];
             matmul_batch(&[w], &x, tokens, decode, &mut [&mut y]);
             let mut t0 = 0;
