@@ -9,7 +9,10 @@ use super::act::Activation;
 use crate::quant::{dequantize_block, f16_at, DType};
 
 /// A quantized format's integer kernel.
-type IntKernel = unsafe fn(&[u8], &Activation) -> f32;
+pub(super) type IntKernel = unsafe fn(&[u8], &Activation) -> f32;
+/// The same for four activations at once: the row is read and unpacked once, and each
+/// activation gets exactly what [`IntKernel`] gives it.
+pub(super) type IntKernel4 = unsafe fn(&[u8], &[&Activation; 4]) -> [f32; 4];
 
 /// A dot-product routine for one format, with the instruction set settled up front.
 #[derive(Clone, Copy)]
@@ -17,8 +20,8 @@ pub struct Dot {
     dtype: DType,
     /// The AVX2/FMA/F16C float kernels may run.
     simd: bool,
-    /// The integer kernel for `dtype` on this CPU.
-    int: Option<IntKernel>,
+    /// The integer kernels for `dtype` on this CPU.
+    int: Option<(IntKernel, IntKernel4)>,
 }
 
 impl Dot {
@@ -42,7 +45,7 @@ impl Dot {
     /// `row · a.x`.
     #[inline]
     pub fn dot(&self, row: &[u8], a: &Activation) -> f32 {
-        if let Some(kernel) = self.int {
+        if let Some((kernel, _)) = self.int {
             // SAFETY: `int_kernel` only hands out kernels whose instruction sets the CPU
             // reports; they read `a.x.len()` elements of the activation and the matching bytes
             // of `row`, whose sizes the callers checked through `QTensor::new`.
@@ -67,10 +70,22 @@ impl Dot {
         }
         portable_dot(self.dtype, row, a.x, &a.sums)
     }
+
+    /// `row · a.x` for four activations of the same length: each result is exactly what
+    /// [`Dot::dot`] gives, the row read once where the format has an integer kernel.
+    #[inline]
+    pub fn dot4(&self, row: &[u8], acts: &[&Activation; 4]) -> [f32; 4] {
+        if let Some((_, kernel)) = self.int {
+            debug_assert!(acts.iter().all(|a| a.x.len() == acts[0].x.len()));
+            // SAFETY: as in `dot`, for each of the four activations, all of one length.
+            return unsafe { kernel(row, acts) };
+        }
+        acts.map(|a| self.dot(row, a))
+    }
 }
 
-/// The integer kernel for `dtype`: AVX-512 VNNI where the CPU has it, else AVX2.
-fn int_kernel(dtype: DType) -> Option<IntKernel> {
+/// The integer kernels for `dtype`: AVX-512 VNNI where the CPU has it, else AVX2.
+fn int_kernel(dtype: DType) -> Option<(IntKernel, IntKernel4)> {
     #[cfg(target_arch = "x86_64")]
     {
         use super::dot_int::{avx2, vnni};
@@ -198,8 +213,8 @@ pub(crate) mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             use super::super::dot_int::{avx2, vnni};
-            let mut add = |name, kernel: Option<IntKernel>| {
-                if let Some(k) = kernel {
+            let mut add = |name, kernel: Option<(IntKernel, IntKernel4)>| {
+                if let Some((k, _)) = kernel {
                     // SAFETY: only kernels whose instruction sets the CPU reports.
                     all.push((name, Box::new(move |r, a| unsafe { k(r, a) })));
                 }
@@ -284,6 +299,51 @@ pub(crate) mod tests {
                     assert!(
                         ((s as f64) - want).abs() < simd_tol,
                         "{dtype:?} {cols}: {name} {s} vs {want} (tolerance {simd_tol})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Four activations at once get, each, exactly what each gets alone, from every kernel this
+    /// CPU runs.
+    #[test]
+    fn four_activations_at_once_get_what_each_gets_alone() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for dtype in ALL_DTYPES {
+            let cols = 768;
+            let row = test_row(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..4)
+                .map(|i| {
+                    let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+                    x[(i * 97) % cols] = 30.0;
+                    x
+                })
+                .collect();
+            let acts: Vec<Activation> = xs.iter().map(|x| Activation::new(x)).collect();
+            let four = [&acts[0], &acts[1], &acts[2], &acts[3]];
+            let dot = Dot::new(dtype);
+            let alone: Vec<u32> = acts.iter().map(|a| dot.dot(&row, a).to_bits()).collect();
+            let together: Vec<u32> = dot.dot4(&row, &four).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(together, alone, "{dtype:?}: Dot::dot4");
+            #[cfg(target_arch = "x86_64")]
+            {
+                use super::super::dot_int::{avx2, vnni};
+                let mut kernels = Vec::new();
+                if simd_available() {
+                    kernels.extend(avx2::kernel(dtype).map(|k| ("avx2", k)));
+                }
+                if simd_available() && vnni_available() {
+                    kernels.extend(vnni::kernel(dtype).map(|k| ("vnni", k)));
+                }
+                for (name, (one, four_at_once)) in kernels {
+                    // SAFETY: only kernels whose instruction sets the CPU reports.
+                    let (alone, together) =
+                        unsafe { (four.map(|a| one(&row, a)), four_at_once(&row, &four)) };
+                    assert_eq!(
+                        together.map(f32::to_bits),
+                        alone.map(f32::to_bits),
+                        "{dtype:?}: {name}"
                     );
                 }
             }

@@ -138,108 +138,125 @@ enum Zero {
     Min,
 }
 
-/// Block `b` of [`dot_blocks32`]: its scaled products, and what its zero point adds.
+/// Block `b` of [`dot_blocks32`] for each activation: its scaled products, and what its zero
+/// point adds. The weights are read and unpacked once for all the activations.
 #[inline(always)]
-unsafe fn block32<M: Mul>(
+unsafe fn block32<M: Mul, const N: usize>(
     row: &[u8],
-    a: &Activation,
+    acts: &[&Activation; N],
     bytes: usize,
     b: usize,
     zero: Zero,
     signed: bool,
     q: &impl Fn(*const u8) -> __m256i,
-) -> (__m256, f32) {
+) -> ([__m256; N], [f32; N]) {
     let p = row.as_ptr().add(b * bytes);
     prefetch(p, 1);
     let d = f16_to_f32(p);
-    let s = if signed {
-        mul32_signed::<M>(q(p), a, 32 * b)
-    } else {
-        mul32::<M>(q(p), a, 32 * b)
+    let w = q(p);
+    let min = match zero {
+        Zero::Min => f16_to_f32(p.add(2)),
+        _ => 0.0,
     };
-    let scaled = _mm256_mul_ps(
-        _mm256_cvtepi32_ps(s),
-        _mm256_set1_ps(d * a.scales.get_unchecked(b)),
-    );
-    let extra = match zero {
-        Zero::None => 0.0,
-        Zero::Bias(k) => -k * d * a.sums.get_unchecked(b),
-        Zero::Min => f16_to_f32(p.add(2)) * a.sums.get_unchecked(b),
-    };
+    let mut scaled = [_mm256_setzero_ps(); N];
+    let mut extra = [0f32; N];
+    for t in 0..N {
+        let a = acts[t];
+        let s = if signed {
+            mul32_signed::<M>(w, a, 32 * b)
+        } else {
+            mul32::<M>(w, a, 32 * b)
+        };
+        scaled[t] = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(s),
+            _mm256_set1_ps(d * a.scales.get_unchecked(b)),
+        );
+        extra[t] = match zero {
+            Zero::None => 0.0,
+            Zero::Bias(k) => -k * d * a.sums.get_unchecked(b),
+            Zero::Min => min * a.sums.get_unchecked(b),
+        };
+    }
     (scaled, extra)
 }
 
 /// The 32-element formats, with one f16 scale `d` at byte 0 and `bytes` per block: `q(p)` is
 /// the block's 32 integers, unsigned or (`signed`) signed. Blocks alternate between two
-/// accumulators so that neither waits on the other's latency.
+/// accumulators so that neither waits on the other's latency. Each activation's sum is
+/// computed in the same order whatever `N`: a row times several activations at once gives
+/// each exactly what it gets alone.
 #[inline(always)]
-unsafe fn dot_blocks32<M: Mul>(
+unsafe fn dot_blocks32<M: Mul, const N: usize>(
     row: &[u8],
-    a: &Activation,
+    acts: &[&Activation; N],
     bytes: usize,
     zero: Zero,
     signed: bool,
     q: impl Fn(*const u8) -> __m256i,
-) -> f32 {
-    let n = a.x.len() / 32;
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut e0, mut e1) = (0f32, 0f32);
+) -> [f32; N] {
+    let n = acts[0].x.len() / 32;
+    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+    let (mut e0, mut e1) = ([0f32; N], [0f32; N]);
     let mut b = 0;
     while b + 1 < n {
-        let (s0, x0) = block32::<M>(row, a, bytes, b, zero, signed, &q);
-        let (s1, x1) = block32::<M>(row, a, bytes, b + 1, zero, signed, &q);
-        acc0 = _mm256_add_ps(acc0, s0);
-        acc1 = _mm256_add_ps(acc1, s1);
-        (e0, e1) = (e0 + x0, e1 + x1);
+        let (s0, x0) = block32::<M, N>(row, acts, bytes, b, zero, signed, &q);
+        let (s1, x1) = block32::<M, N>(row, acts, bytes, b + 1, zero, signed, &q);
+        for t in 0..N {
+            acc0[t] = _mm256_add_ps(acc0[t], s0[t]);
+            acc1[t] = _mm256_add_ps(acc1[t], s1[t]);
+            (e0[t], e1[t]) = (e0[t] + x0[t], e1[t] + x1[t]);
+        }
         b += 2;
     }
     if b < n {
-        let (s0, x0) = block32::<M>(row, a, bytes, b, zero, signed, &q);
-        acc0 = _mm256_add_ps(acc0, s0);
-        e0 += x0;
+        let (s0, x0) = block32::<M, N>(row, acts, bytes, b, zero, signed, &q);
+        for t in 0..N {
+            acc0[t] = _mm256_add_ps(acc0[t], s0[t]);
+            e0[t] += x0[t];
+        }
     }
-    hsum(_mm256_add_ps(acc0, acc1)) + e0 + e1
+    std::array::from_fn(|t| hsum(_mm256_add_ps(acc0[t], acc1[t])) + e0[t] + e1[t])
 }
 
 #[inline(always)]
-unsafe fn q4_0<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_blocks32::<M>(row, a, 18, Zero::Bias(8.0), false, |p| nibbles32(p.add(2)))
+unsafe fn q4_0<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_blocks32::<M, N>(row, a, 18, Zero::Bias(8.0), false, |p| nibbles32(p.add(2)))
 }
 
 #[inline(always)]
-unsafe fn q4_1<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_blocks32::<M>(row, a, 20, Zero::Min, false, |p| nibbles32(p.add(4)))
+unsafe fn q4_1<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_blocks32::<M, N>(row, a, 20, Zero::Min, false, |p| nibbles32(p.add(4)))
 }
 
 #[inline(always)]
-unsafe fn q5_0<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_blocks32::<M>(row, a, 22, Zero::Bias(16.0), false, |p| {
+unsafe fn q5_0<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_blocks32::<M, N>(row, a, 22, Zero::Bias(16.0), false, |p| {
         let qh = (p.add(2) as *const u32).read_unaligned();
         _mm256_or_si256(nibbles32(p.add(6)), fifth_bits(qh))
     })
 }
 
 #[inline(always)]
-unsafe fn q5_1<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_blocks32::<M>(row, a, 24, Zero::Min, false, |p| {
+unsafe fn q5_1<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_blocks32::<M, N>(row, a, 24, Zero::Min, false, |p| {
         let qh = (p.add(4) as *const u32).read_unaligned();
         _mm256_or_si256(nibbles32(p.add(8)), fifth_bits(qh))
     })
 }
 
 #[inline(always)]
-unsafe fn q8_0<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_blocks32::<M>(row, a, 34, Zero::None, true, |p| {
+unsafe fn q8_0<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_blocks32::<M, N>(row, a, 34, Zero::None, true, |p| {
         _mm256_loadu_si256(p.add(2) as *const __m256i)
     })
 }
 
 #[inline(always)]
-unsafe fn iq4_nl<M: Mul>(row: &[u8], a: &Activation) -> f32 {
+unsafe fn iq4_nl<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
     let levels = _mm256_broadcastsi128_si256(_mm_loadu_si128(
         crate::quant::legacy::IQ4_LEVELS.as_ptr() as *const __m128i,
     ));
-    dot_blocks32::<M>(row, a, 18, Zero::None, true, |p| {
+    dot_blocks32::<M, N>(row, a, 18, Zero::None, true, |p| {
         _mm256_shuffle_epi8(levels, nibbles32(p.add(2)))
     })
 }
@@ -272,24 +289,32 @@ unsafe fn bytes_to_f32(b: u64) -> __m256 {
 /// activation block; their minimums multiply the activation's f32 sums. Each super-block's
 /// scales are unpacked and multiplied with `d` and the activation's scales at once.
 #[inline(always)]
-unsafe fn dot_k4<M: Mul>(row: &[u8], a: &Activation, fifth: bool) -> f32 {
+unsafe fn dot_k4<M: Mul, const N: usize>(
+    row: &[u8],
+    acts: &[&Activation; N],
+    fifth: bool,
+) -> [f32; N] {
     let (bytes, qs_at) = if fifth { (176, 48) } else { (144, 16) };
     let mask = _mm256_set1_epi8(0x0f);
     let one = _mm256_set1_epi8(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = _mm256_setzero_ps();
-    let mut scale = [0f32; 8];
-    for b in 0..a.x.len() / 256 {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [_mm256_setzero_ps(); N];
+    let mut scale = [[0f32; 8]; N];
+    for b in 0..acts[0].x.len() / 256 {
         let p = row.as_ptr().add(b * bytes);
         prefetch(p, bytes);
         let (d, dmin) = (f16_to_f32(p), f16_to_f32(p.add(2)));
         let (sc, mn) = scales_mins_k4(p.add(4));
-        let xs = _mm256_loadu_ps(a.scales.as_ptr().add(8 * b));
-        let sums = _mm256_loadu_ps(a.sums.as_ptr().add(8 * b));
-        let s = _mm256_mul_ps(_mm256_mul_ps(bytes_to_f32(sc), xs), _mm256_set1_ps(d));
-        _mm256_storeu_ps(scale.as_mut_ptr(), s);
-        let m = _mm256_mul_ps(bytes_to_f32(mn), _mm256_set1_ps(dmin));
-        mins = _mm256_fmadd_ps(m, sums, mins);
+        let (sc, mn) = (bytes_to_f32(sc), bytes_to_f32(mn));
+        for t in 0..N {
+            let a = acts[t];
+            let xs = _mm256_loadu_ps(a.scales.as_ptr().add(8 * b));
+            let sums = _mm256_loadu_ps(a.sums.as_ptr().add(8 * b));
+            let s = _mm256_mul_ps(_mm256_mul_ps(sc, xs), _mm256_set1_ps(d));
+            _mm256_storeu_ps(scale[t].as_mut_ptr(), s);
+            let m = _mm256_mul_ps(mn, _mm256_set1_ps(dmin));
+            mins[t] = _mm256_fmadd_ps(m, sums, mins[t]);
+        }
         let qh = if fifth {
             _mm256_loadu_si256(p.add(16) as *const __m256i)
         } else {
@@ -307,80 +332,83 @@ unsafe fn dot_k4<M: Mul>(row: &[u8], a: &Activation, fifth: bool) -> f32 {
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(h1, 4));
             }
             let at = 256 * b + 64 * j;
-            let (s0, s1) = (mul32::<M>(lo, a, at), mul32::<M>(hi, a, at + 32));
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(s0),
-                _mm256_broadcast_ss(&scale[2 * j]),
-                acc,
-            );
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(s1),
-                _mm256_broadcast_ss(&scale[2 * j + 1]),
-                acc,
-            );
+            for t in 0..N {
+                let a = acts[t];
+                let (s0, s1) = (mul32::<M>(lo, a, at), mul32::<M>(hi, a, at + 32));
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(s0),
+                    _mm256_broadcast_ss(&scale[t][2 * j]),
+                    acc[t],
+                );
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(s1),
+                    _mm256_broadcast_ss(&scale[t][2 * j + 1]),
+                    acc[t],
+                );
+            }
         }
     }
-    hsum(acc) - hsum(mins)
+    std::array::from_fn(|t| hsum(acc[t]) - hsum(mins[t]))
 }
 
 #[inline(always)]
-unsafe fn q4_k<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_k4::<M>(row, a, false)
+unsafe fn q4_k<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_k4::<M, N>(row, a, false)
 }
 
 #[inline(always)]
-unsafe fn q5_k<M: Mul>(row: &[u8], a: &Activation) -> f32 {
-    dot_k4::<M>(row, a, true)
+unsafe fn q5_k<M: Mul, const N: usize>(row: &[u8], a: &[&Activation; N]) -> [f32; N] {
+    dot_k4::<M, N>(row, a, true)
 }
 
 /// Q6_K: unsigned 6-bit values less 32, a signed scale per 16 elements. The bias is taken out
 /// once per super-block from the activation's 16-element sums.
 #[inline(always)]
-unsafe fn q6_k<M: Mul>(row: &[u8], a: &Activation) -> f32 {
+unsafe fn q6_k<M: Mul, const N: usize>(row: &[u8], acts: &[&Activation; N]) -> [f32; N] {
     let mask = _mm256_set1_epi8(0x0f);
     let three = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_ps();
-    let mut bias = _mm256_setzero_ps();
-    let mut scale = [0f32; 16];
-    for b in 0..a.x.len() / 256 {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut bias = [_mm256_setzero_ps(); N];
+    let mut scale = [[0f32; 16]; N];
+    for b in 0..acts[0].x.len() / 256 {
         let p = row.as_ptr().add(b * 210);
         prefetch(p, 210);
         let d = f16_to_f32(p.add(208));
         let sc = p.add(192) as *const i8;
-        // Σ scale · Σx over the 16 sixteen-element groups.
         let scv = _mm_loadu_si128(sc as *const __m128i);
-        let s16 = a.sums16.as_ptr().add(16 * b);
-        let t = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(scv, 8))),
-            _mm256_loadu_ps(s16.add(8)),
-            _mm256_mul_ps(
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scv)),
-                _mm256_loadu_ps(s16),
-            ),
-        );
-        bias = _mm256_fmadd_ps(_mm256_set1_ps(32.0 * d), t, bias);
-        // d · scale · the activation's scale, for each 16 elements.
-        let xs = _mm256_mul_ps(
-            _mm256_loadu_ps(a.scales.as_ptr().add(8 * b)),
-            _mm256_set1_ps(d),
-        );
-        let pairs = |first: i32| {
-            let i = _mm256_setr_epi32(
-                first,
-                first,
-                first + 1,
-                first + 1,
-                first + 2,
-                first + 2,
-                first + 3,
-                first + 3,
-            );
-            _mm256_permutevar8x32_ps(xs, i)
-        };
         let sc_lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scv));
         let sc_hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(scv, 8)));
-        _mm256_storeu_ps(scale.as_mut_ptr(), _mm256_mul_ps(sc_lo, pairs(0)));
-        _mm256_storeu_ps(scale.as_mut_ptr().add(8), _mm256_mul_ps(sc_hi, pairs(4)));
+        for t in 0..N {
+            let a = acts[t];
+            // Σ scale · Σx over the 16 sixteen-element groups.
+            let s16 = a.sums16.as_ptr().add(16 * b);
+            let sums = _mm256_fmadd_ps(
+                sc_hi,
+                _mm256_loadu_ps(s16.add(8)),
+                _mm256_mul_ps(sc_lo, _mm256_loadu_ps(s16)),
+            );
+            bias[t] = _mm256_fmadd_ps(_mm256_set1_ps(32.0 * d), sums, bias[t]);
+            // d · scale · the activation's scale, for each 16 elements.
+            let xs = _mm256_mul_ps(
+                _mm256_loadu_ps(a.scales.as_ptr().add(8 * b)),
+                _mm256_set1_ps(d),
+            );
+            let pairs = |first: i32| {
+                let i = _mm256_setr_epi32(
+                    first,
+                    first,
+                    first + 1,
+                    first + 1,
+                    first + 2,
+                    first + 2,
+                    first + 3,
+                    first + 3,
+                );
+                _mm256_permutevar8x32_ps(xs, i)
+            };
+            _mm256_storeu_ps(scale[t].as_mut_ptr(), _mm256_mul_ps(sc_lo, pairs(0)));
+            _mm256_storeu_ps(scale[t].as_mut_ptr().add(8), _mm256_mul_ps(sc_hi, pairs(4)));
+        }
         for n in 0..2 {
             let ql0 = _mm256_loadu_si256(p.add(64 * n) as *const __m256i);
             let ql1 = _mm256_loadu_si256(p.add(64 * n + 32) as *const __m256i);
@@ -397,18 +425,20 @@ unsafe fn q6_k<M: Mul>(row: &[u8], a: &Activation) -> f32 {
             ];
             for (g, q) in groups.into_iter().enumerate() {
                 let k = 4 * n + g;
-                // Elements 0..16 and 16..32 of a group have scales of their own.
-                let c = _mm256_insertf128_ps(
-                    _mm256_castps128_ps256(_mm_broadcast_ss(&scale[2 * k])),
-                    _mm_broadcast_ss(&scale[2 * k + 1]),
-                    1,
-                );
-                let s = _mm256_cvtepi32_ps(mul32::<M>(q, a, 256 * b + 32 * k));
-                acc = _mm256_fmadd_ps(s, c, acc);
+                for t in 0..N {
+                    // Elements 0..16 and 16..32 of a group have scales of their own.
+                    let c = _mm256_insertf128_ps(
+                        _mm256_castps128_ps256(_mm_broadcast_ss(&scale[t][2 * k])),
+                        _mm_broadcast_ss(&scale[t][2 * k + 1]),
+                        1,
+                    );
+                    let s = _mm256_cvtepi32_ps(mul32::<M>(q, acts[t], 256 * b + 32 * k));
+                    acc[t] = _mm256_fmadd_ps(s, c, acc[t]);
+                }
             }
         }
     }
-    hsum(acc) - hsum(bias)
+    std::array::from_fn(|t| hsum(acc[t]) - hsum(bias[t]))
 }
 
 /// The entry points for one instruction set: `$features` enabled, `$mul` multiplying, one
@@ -424,16 +454,25 @@ macro_rules! kernels {
             use super::*;
             use crate::quant::DType;
 
-            /// The kernel for `dtype`, if it has one.
-            pub fn kernel(dtype: DType) -> Option<unsafe fn(&[u8], &Activation) -> f32> {
+            /// The kernel for `dtype`, if it has one: one activation, or four at once.
+            pub fn kernel(dtype: DType) -> Option<(super::super::dot::IntKernel, super::super::dot::IntKernel4)> {
                 $(
                     #[target_feature(enable = $features)]
                     unsafe fn $f(row: &[u8], a: &Activation) -> f32 {
-                        super::$f::<$mul>(row, a)
+                        super::$f::<$mul, 1>(row, &[a])[0]
                     }
                 )*
+                mod four {
+                    use super::*;
+                    $(
+                        #[target_feature(enable = $features)]
+                        pub unsafe fn $f(row: &[u8], a: &[&Activation; 4]) -> [f32; 4] {
+                            super::super::$f::<$mul, 4>(row, a)
+                        }
+                    )*
+                }
                 Some(match dtype {
-                    $(DType::$dtype => $f,)*
+                    $(DType::$dtype => ($f as super::super::dot::IntKernel, four::$f as super::super::dot::IntKernel4),)*
                     _ => return None,
                 })
             }

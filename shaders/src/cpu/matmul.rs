@@ -105,15 +105,23 @@ pub fn matmul_batch(
     });
 }
 
-/// Rows `r0..r1` of `w` times each decode token, each row read once for all of them.
+/// Rows `r0..r1` of `w` times each decode token, each row read once for all of them and
+/// unpacked once for each four.
 fn dot_unit(w: &QTensor, r0: usize, r1: usize, out: SharedOut, acts: &[Activation]) {
     let dot = Dot::new(w.dtype);
+    let fours = acts.len() / 4 * 4;
     for r in r0..r1 {
         let row = w.row(r);
-        for (t, a) in acts.iter().enumerate() {
-            let v = dot.dot(row, a);
-            // SAFETY: (t, r) lies inside y, and rows r0..r1 belong to this unit alone.
-            unsafe { *out.at(t * w.rows + r) = v };
+        // SAFETY (both writes): (t, r) lies inside y, and rows r0..r1 belong to this unit
+        // alone.
+        for (i, four) in acts[..fours].chunks_exact(4).enumerate() {
+            let v = dot.dot4(row, &[&four[0], &four[1], &four[2], &four[3]]);
+            for (j, v) in v.into_iter().enumerate() {
+                unsafe { *out.at((4 * i + j) * w.rows + r) = v };
+            }
+        }
+        for (t, a) in acts.iter().enumerate().skip(fours) {
+            unsafe { *out.at(t * w.rows + r) = dot.dot(row, a) };
         }
     }
 }
