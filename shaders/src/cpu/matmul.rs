@@ -15,8 +15,10 @@ use super::pool::{pool, SharedOut};
 use crate::quant::{dequantize_row, QTensor};
 
 /// From this many tokens on, a step's product dequantizes a tile and uses GEMM; steps of fewer
-/// tokens take the dot products of decode.
-pub const GEMM_MIN_TOKENS: usize = 4;
+/// tokens take the dot products of decode. Dequantizing costs the same however few the tokens:
+/// on the demo model (2 threads) a 4-token step took 71 ms by GEMM and 13 ms by dot products,
+/// which stay ahead up to about 24 tokens.
+pub const GEMM_MIN_TOKENS: usize = 24;
 /// Weight bytes per unit of work in decode. Small units cost more than they balance: each
 /// starts a new stream through memory that the prefetcher must pick up again (on the demo
 /// model 23 KiB units decoded at 0.75x the speed of 192-384 KiB ones).
@@ -183,7 +185,13 @@ mod tests {
     fn both_paths_match_the_dequantized_product() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for dtype in ALL_DTYPES {
-            for (rows, cols, tokens) in [(1, 256, 1), (67, 512, 3), (130, 256, 5), (64, 768, 17)] {
+            for (rows, cols, tokens) in [
+                (1, 256, 1),
+                (67, 512, 3),
+                (130, 256, 5),
+                (64, 768, 17),
+                (40, 512, 30),
+            ] {
                 let bytes = random_rows(&mut rng, dtype, rows, cols);
                 let w = QTensor::new(dtype, rows, cols, &bytes).unwrap();
                 let x = random_acts(&mut rng, tokens * cols);
@@ -218,7 +226,7 @@ mod tests {
     fn a_batch_computes_each_step_as_it_runs_alone() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         // Decode steps first, then longer ones: the layout a pass gives the product.
-        let steps = [1usize, 2, 1, 3, 5, 17, 4];
+        let steps = [1usize, 2, 1, 3, 5, 17, 4, 30, 24];
         let decode: usize = steps.iter().filter(|&&n| n < GEMM_MIN_TOKENS).sum();
         let tokens: usize = steps.iter().sum();
         for dtype in ALL_DTYPES {
