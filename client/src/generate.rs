@@ -164,7 +164,6 @@ impl<'a> TextStream<'a> {
 struct Output<'a> {
     tok: &'a Tokenizer,
     stream: TextStream<'a>,
-    ids: Vec<u32>,
     tokens: Vec<Chosen>,
     /// How many of `tokens` the text given out so far covers.
     shown: usize,
@@ -181,7 +180,6 @@ impl<'a> Output<'a> {
         Output {
             tok,
             stream: TextStream::new(tok),
-            ids: Vec::new(),
             tokens: Vec::new(),
             shown: 0,
             last_at: None,
@@ -202,7 +200,6 @@ impl<'a> Output<'a> {
         if self.tok.stop_ids.contains(&next.id) {
             return Some(StopReason::EndOfTurn);
         }
-        self.ids.push(next.id);
         let piece = self.stream.push(next.id);
         self.tokens.push(next);
         if !piece.is_empty() {
@@ -213,7 +210,7 @@ impl<'a> Output<'a> {
                 return Some(StopReason::Stopped);
             }
         }
-        if self.ids.len() >= self.max_tokens {
+        if self.tokens.len() >= self.max_tokens {
             return Some(StopReason::Length);
         }
         (pos >= self.context).then_some(StopReason::Context)
@@ -221,7 +218,7 @@ impl<'a> Output<'a> {
 
     /// The last token taken.
     fn last(&self) -> u32 {
-        self.ids.last().copied().unwrap_or_default()
+        self.tokens.last().map_or(0, |c| c.id)
     }
 
     fn finish(
@@ -232,7 +229,7 @@ impl<'a> Output<'a> {
         stop: StopReason,
     ) -> Generation {
         Generation {
-            ids: self.ids,
+            ids: self.tokens.iter().map(|c| c.id).collect(),
             tokens: self.tokens,
             text: self.text,
             prompt_tokens,
@@ -315,7 +312,7 @@ pub async fn generate_remote(
         if !session.feed_on {
             return 0;
         }
-        let by_length = max_tokens.saturating_sub(out.ids.len() + 1);
+        let by_length = max_tokens.saturating_sub(out.tokens.len() + 1);
         let by_context = context.saturating_sub(session.fed().len() + tokens);
         by_length.min(by_context).min(RUN_AHEAD) as u32
     };
