@@ -155,7 +155,8 @@ pub struct Forward {
     pub session: u64,
     pub seq: u64,
     pub hidden: HiddenStates,
-    /// How long each hop so far took to compute this step, in microseconds, in route order.
+    /// How long each hop so far took to compute this step, in microseconds, in route order:
+    /// where a hop ran it in passes with other sessions' steps, its share of those passes.
     pub hop_us: Vec<u32>,
     /// As in [`Step`]: hidden states replayed into a replacement, up to step `seq`.
     pub replay: bool,
@@ -211,7 +212,8 @@ pub struct TokenOut {
     /// The session's `top_logprobs` likeliest tokens with their log-probabilities, likeliest
     /// first (ties by id), under the same distribution as `logprob`.
     pub top: Vec<(u32, f32)>,
-    /// How long each hop took to compute this step, in microseconds, in route order.
+    /// How long each hop took to compute this step, in microseconds, in route order (as in
+    /// [`Forward::hop_us`]).
     pub hop_us: Vec<u32>,
     /// Whether the head hop also sent the token to the first hop as step `seq + 1`.
     pub fed_on: bool,

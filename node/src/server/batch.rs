@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedMutexGuard};
 use tracing::{debug, trace, warn};
@@ -45,7 +46,13 @@ impl Input {
 
 /// A step handed back: the session, and the step's output (the hidden states of every token,
 /// or the logits of the last) or why it failed, with the cache then as before the step.
-pub type Done = (OwnedMutexGuard<Session>, Result<Vec<f32>, RunError>);
+pub struct Done {
+    pub session: OwnedMutexGuard<Session>,
+    pub out: Result<Vec<f32>, RunError>,
+    /// The step's share of the passes it ran in: each pass's time split by tokens. What the
+    /// step costs the node, whatever else shared its passes; the time it waited is not in it.
+    pub compute: Duration,
+}
 
 struct Job {
     session: OwnedMutexGuard<Session>,
@@ -56,6 +63,8 @@ struct Job {
     /// The cache position before the step, to roll back to when it fails.
     start: usize,
     out: Vec<f32>,
+    /// Its share of the passes so far (see [`Done::compute`]).
+    compute: Duration,
     reply: oneshot::Sender<Done>,
 }
 
@@ -119,6 +128,7 @@ impl Batcher {
             done: 0,
             start,
             out: Vec::new(),
+            compute: Duration::ZERO,
             reply,
         };
         self.queue
@@ -222,7 +232,12 @@ fn run(rx: mpsc::Receiver<Job>, stats: &PassStats) {
             picked.len(),
             waiting.len()
         );
+        let started = Instant::now();
         let mut failed = pass(&mut waiting, &picked);
+        let took = started.elapsed();
+        for &(i, n) in &picked {
+            waiting[i].compute += took.mul_f64(n as f64 / tokens.max(1) as f64);
+        }
         // Finished steps (and failed ones) leave; the others wait for their next chunk.
         let mut kept = Vec::with_capacity(waiting.len());
         for (i, mut job) in waiting.drain(..).enumerate() {
@@ -321,7 +336,11 @@ fn finish(mut job: Job, out: Result<Vec<f32>, RunError>) {
         let start = job.start;
         rollback(&mut job, start);
     }
-    let _ = job.reply.send((job.session, out));
+    let _ = job.reply.send(Done {
+        session: job.session,
+        out,
+        compute: job.compute,
+    });
 }
 
 #[cfg(test)]

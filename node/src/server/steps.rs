@@ -180,19 +180,25 @@ impl Server {
             return Err(fail(ErrorCode::TooLarge, msg));
         }
         let started = Instant::now();
-        let (mut s, out) = self
+        let done = self
             .batcher
             .step(s, input)
             .await
             .map_err(|e| fail(error_code(&e), e.to_string()))?;
-        let mut out = out.map_err(|e| fail(error_code(&e), e.to_string()))?;
+        let mut s = done.session;
+        let mut out = done.out.map_err(|e| fail(error_code(&e), e.to_string()))?;
         if s.perturb != 0.0 {
             perturb(&mut out, s.perturb);
         }
-        let took = started.elapsed();
-        debug!("session {id:016x} step {seq}: computed in {took:?}");
+        debug!(
+            "session {id:016x} step {seq}: done in {:?}, its share of the passes {:?}",
+            started.elapsed(),
+            done.compute
+        );
+        // What the step cost this node, not how long it waited or shared its passes: a node
+        // serving many sessions is judged against its claim by the share (`client/src/slow.rs`).
         let mut hop_us = m.hop_us;
-        hop_us.push(took.as_micros().min(u32::MAX as u128) as u32);
+        hop_us.push(done.compute.as_micros().min(u32::MAX as u128) as u32);
         let sent = (s.next.is_some() || s.tap && !engine.has_head()).then(|| {
             let tokens = (out.len() / hidden) as u32;
             HiddenStates::encode(&out, tokens, hidden as u32, s.wire)
