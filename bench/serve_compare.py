@@ -58,14 +58,14 @@ def wait_ready(url, proc, what):
     sys.exit(f"{what} did not start")
 
 
-def start(kind, a, port, slots):
+def start(kind, a, port, slots, slot_context=512):
     if kind == "baton":
         cmd = [os.path.join(ROOT, "target/release/baton"), "serve", "--local", "--nodes", "1",
                "--model", a.model, "--backend", "cpu", "--threads", str(a.threads),
                "--port", str(port)]
     else:
         cmd = [a.llama_server, "-m", a.model, "-t", str(a.threads), "-tb", str(a.threads),
-               "-cb", "-np", str(slots), "-c", str(slots * 512), "--port", str(port),
+               "-cb", "-np", str(slots), "-c", str(slots * slot_context), "--port", str(port),
                "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

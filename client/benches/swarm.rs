@@ -74,6 +74,7 @@ async fn main() {
         swarm_key: None,
         stop_ids: Vec::new(),
         verify: 0.0,
+        prompt: Vec::new(),
     };
 
     let (mut local_tps, mut swarm_tps, mut local_steps, mut swarm_steps) =

@@ -95,7 +95,7 @@ impl Chat {
                     tokio::spawn(s.close());
                 }
                 model
-                    .open(sampling, model.context(), TokenAsk::default())
+                    .open(sampling, model.context(), TokenAsk::default(), &prompt)
                     .await?
             }
         };
@@ -105,9 +105,10 @@ impl Chat {
             // The nodes closed the session while the user was away (idle timeout): start over.
             Err(NetError::Remote(e)) if reused && e.code == ErrorCode::UnknownSession => {
                 session = model
-                    .open(sampling, model.context(), TokenAsk::default())
+                    .open(sampling, model.context(), TokenAsk::default(), &prompt)
                     .await?;
-                generate_remote(&mut session, &model.tok, &prompt, max_tokens, on_text).await?
+                let new = &prompt[session.fed().len()..];
+                generate_remote(&mut session, &model.tok, new, max_tokens, on_text).await?
             }
             other => other?,
         };

@@ -59,6 +59,8 @@ pub struct Generation {
     pub tokens: Vec<Chosen>,
     pub text: String,
     pub prompt_tokens: usize,
+    /// Of those, the tokens the hops took from an earlier session's prompt.
+    pub cached_tokens: usize,
     pub time_to_first_token: Duration,
     pub decode_time: Duration,
     pub stop: StopReason,
@@ -233,6 +235,7 @@ impl<'a> Output<'a> {
             tokens: self.tokens,
             text: self.text,
             prompt_tokens,
+            cached_tokens: 0,
             time_to_first_token: ttft,
             decode_time: start.elapsed().saturating_sub(ttft),
             stop,

@@ -38,12 +38,14 @@ pub fn even_spans(blocks: u32, n: u32) -> Vec<Span> {
 }
 
 impl LocalSwarm {
-    /// Starts `n` nodes serving even spans of `model`; `progress(node, done, total)` follows
-    /// the loading of each.
+    /// Starts `n` nodes serving even spans of `model`, each keeping up to
+    /// `prefix_cache_tokens` prompt tokens for reuse; `progress(node, done, total)` follows the
+    /// loading of each.
     pub async fn start(
         model: &Path,
         n: usize,
         engine: EngineOptions,
+        prefix_cache_tokens: usize,
         progress: &mut dyn FnMut(usize, usize, usize),
     ) -> Result<LocalSwarm, JoinError> {
         let file = baton_node::ModelFile::open(model)?;
@@ -66,6 +68,7 @@ impl LocalSwarm {
                 max_sessions: 64,
                 public_addr: None,
                 max_kv_tokens: None,
+                prefix_cache_tokens,
                 idle_timeout: std::time::Duration::from_secs(300),
                 swarm_key: None,
                 allow: Vec::new(),

@@ -86,14 +86,17 @@ impl SwarmModel {
         self.route.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
-    /// Opens a session for `tokens` tokens (prompt and generation). When the route in hand
-    /// fails, the route is planned again from the live records, around the nodes that refused
-    /// the session for lack of room; four tries in all.
+    /// Opens a session for `tokens` tokens (prompt and generation) that starts with `prompt`:
+    /// the hops start from what they kept of an earlier prompt that began the same way, if
+    /// they did ([`RemoteSession::fed`] holds those tokens; the rest is to be sent). When the
+    /// route in hand fails, the route is planned again from the live records, around the
+    /// nodes that refused the session for lack of room; four tries in all.
     pub async fn open(
         &self,
         sampling: Sampling,
         tokens: usize,
         ask: TokenAsk,
+        prompt: &[u32],
     ) -> Result<RemoteSession, SwarmError> {
         let options = SessionOptions {
             model_id: self.id.clone(),
@@ -107,6 +110,7 @@ impl SwarmModel {
             swarm_key: self.client.access.swarm_key,
             stop_ids: self.tok.stop_ids.clone(),
             verify: self.verify,
+            prompt: prompt.to_vec(),
         };
         let mut route = self.route();
         let mut avoid = Vec::new();

@@ -70,6 +70,11 @@ pub struct SessionOptions {
     /// The share of steps after which the hops are checked against other nodes (0: never;
     /// see [`RemoteSession::verify_with`]).
     pub verify: f64,
+    /// The prompt the session starts with, for prefix reuse: hops that kept the KV cache of
+    /// an earlier session of this client whose prompt began with the same blocks start from
+    /// it, and [`RemoteSession::fed`] then holds those tokens. Empty, or with `verify`
+    /// (checks need every position's hidden states): nothing is reused.
+    pub prompt: Vec<u32>,
 }
 
 /// Finds a node that serves `span`, other than the peers given: a replacement for a hop.
@@ -188,9 +193,15 @@ impl RemoteSession {
             tx,
             next_id: 0,
         };
+        let prefix = if options.verify > 0.0 {
+            Vec::new()
+        } else {
+            baton_node::prefix::hashes(&options.prompt)
+        };
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
-            let role = Role::in_route(route, i, options.verify > 0.0);
+            let mut role = Role::in_route(route, i, options.verify > 0.0);
+            role.prefix = &prefix;
             let link = dialer
                 .link(id, options, hop, role)
                 .await
@@ -213,7 +224,7 @@ impl RemoteSession {
             links.push(link);
         }
         links.reverse();
-        Ok(RemoteSession {
+        let mut session = RemoteSession {
             id,
             seq: 0,
             route: route.to_vec(),
@@ -231,7 +242,35 @@ impl RemoteSession {
             slow: SlowHops::default(),
             verify: None,
             early: Default::default(),
-        })
+        };
+        session.settle_prefix().await?;
+        Ok(session)
+    }
+
+    /// After opening: the prompt tokens every hop took from an earlier session are step 0,
+    /// already run. Where the hops took different numbers, the ones that took any forget
+    /// them, and the session starts from nothing.
+    async fn settle_prefix(&mut self) -> Result<(), NetError> {
+        let reused: Vec<u32> = self.links.iter().map(|l| l.reused).collect();
+        let least = reused.iter().copied().min().unwrap_or(0);
+        let most = reused.iter().copied().max().unwrap_or(0);
+        if least == most && least > 0 && least as usize <= self.options.prompt.len() {
+            self.fed = self.options.prompt[..least as usize].to_vec();
+            self.seq = 1;
+            return Ok(());
+        }
+        let forget = Message::Truncate(baton_protocol::wire::Truncate {
+            session: self.id,
+            seq: 0,
+        });
+        for (k, &n) in reused.iter().enumerate() {
+            if n > 0 {
+                net::write_msg(&mut self.links[k].send, &forget).await?;
+                let id = self.links[k].id;
+                self.ack(id, "forgetting a reused prefix").await?;
+            }
+        }
+        Ok(())
     }
 
     /// The tokens the session's caches hold, in order.

@@ -55,6 +55,7 @@ fn options(wire_dtype: WireDtype) -> SessionOptions {
         swarm_key: None,
         stop_ids: Vec::new(),
         verify: 0.0,
+        prompt: Vec::new(),
     }
 }
 

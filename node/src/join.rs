@@ -54,6 +54,8 @@ pub struct JoinOptions {
     /// The most KV tokens the node's sessions may hold together (default: what the memory
     /// left after the weights allows).
     pub max_kv_tokens: Option<usize>,
+    /// Prompt tokens kept for reuse (see [`crate::server::ServerOptions::prefix_cache_tokens`]).
+    pub prefix_cache_tokens: usize,
     /// Idle sessions are closed after this long.
     pub idle_timeout: std::time::Duration,
     /// A private swarm's key: peers without it are refused on both planes.
@@ -333,6 +335,7 @@ pub async fn join(
             swarm_key: opts.swarm_key,
             allow: (!opts.allow.is_empty()).then(|| opts.allow.iter().copied().collect()),
             fault_perturb: opts.faults.perturb,
+            prefix_cache_tokens: opts.prefix_cache_tokens,
             ..ServerOptions::new(opts.name.clone(), id.clone())
         },
     )?;

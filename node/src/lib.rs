@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod pass;
+pub mod prefix;
 pub mod runtime;
 pub mod sampling;
 pub mod server;

@@ -239,6 +239,15 @@ impl Cache {
         each_cache!(self, s, c => s.truncate(c, pos))
     }
 
+    /// A new cache on the same span holding a copy of this one's first `tokens` positions
+    /// (see [`DecoderSpan::fork`]).
+    pub fn fork(&self, tokens: usize) -> Result<Cache, RunError> {
+        Ok(match self {
+            Cache::Cpu(s, c) => Cache::Cpu(s.clone(), s.fork(c, tokens)?),
+            Cache::Gpu(s, c) => Cache::Gpu(s.clone(), s.fork(c, tokens)?),
+        })
+    }
+
     /// One step through the span (see [`DecoderSpan::forward`]).
     pub fn forward(&mut self, input: SpanInput, logits: Logits) -> Result<Vec<f32>, RunError> {
         each_cache!(self, s, c => s.forward(c, input, logits))

@@ -26,6 +26,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
 use crate::net::{self, Keypair, NetError, PeerId};
+use crate::prefix::PrefixStore;
 use crate::runtime::Engine;
 use crate::sampling::Sampler;
 use crate::RunError;
@@ -68,7 +69,14 @@ pub struct ServerOptions {
     /// head's logits) is scaled by up to this share, up or down. 0 (the default) computes
     /// honestly.
     pub fault_perturb: f32,
+    /// Prefix reuse: the most prompt positions (of every layer of the span) the node keeps
+    /// for later sessions of the same client to start from (see [`crate::prefix`]); 0 keeps
+    /// none. Their memory is beside the sessions' KV room.
+    pub prefix_cache_tokens: usize,
 }
+
+/// What [`ServerOptions::prefix_cache_tokens`] is unless set.
+pub const PREFIX_CACHE_TOKENS: usize = 4096;
 
 impl ServerOptions {
     /// Defaults for a node named `name` serving `model_id`.
@@ -84,6 +92,7 @@ impl ServerOptions {
             swarm_key: None,
             allow: None,
             fault_perturb: 0.0,
+            prefix_cache_tokens: PREFIX_CACHE_TOKENS,
         }
     }
 }
@@ -112,6 +121,8 @@ pub struct Server {
     greeting: net::Greeting,
     /// Runs the steps of all sessions, batched into passes.
     batcher: batch::Batcher,
+    /// Prompts kept for reuse.
+    prefixes: Arc<Mutex<PrefixStore>>,
 }
 
 fn error(session: u64, seq: u64, code: ErrorCode, message: impl Into<String>) -> ErrorMsg {
@@ -171,11 +182,12 @@ impl Server {
             engine: std::sync::RwLock::new(engine),
             key,
             endpoint,
-            options,
             sessions: Mutex::new(HashMap::new()),
             downstream: AsyncMutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            prefixes: Arc::new(Mutex::new(PrefixStore::new(options.prefix_cache_tokens))),
+            options,
             batcher: batch::Batcher::start()?,
         }))
     }
@@ -194,6 +206,9 @@ impl Server {
         self.drain(grace).await;
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.clear();
+        }
+        if let Ok(mut kept) = self.prefixes.lock() {
+            kept.clear();
         }
         match self.engine.write() {
             Ok(mut e) => *e = engine,
@@ -501,7 +516,7 @@ impl Server {
         match msg {
             Message::OpenSession(o) => {
                 let id = o.session;
-                self.open(o, send.clone()).await?;
+                self.open(o, peer, send.clone()).await?;
                 opened.push(id);
                 Ok(())
             }

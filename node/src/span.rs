@@ -116,6 +116,20 @@ impl<B: Backend + 'static> DecoderSpan<B> {
         Ok(SpanCache { layers, pos: 0 })
     }
 
+    /// A new cache holding a copy of the first `tokens` positions of `cache`; refused where a
+    /// layer no longer holds all of them (a sliding-window layer that dropped some).
+    pub fn fork(&self, cache: &SpanCache<B>, tokens: usize) -> Result<SpanCache<B>, RunError> {
+        let layers = cache
+            .layers
+            .iter()
+            .map(|kv| self.backend.kv_fork(kv, tokens))
+            .collect::<Result<_, _>>()?;
+        Ok(SpanCache {
+            layers,
+            pos: tokens,
+        })
+    }
+
     /// Forgets every position of the cache from `pos` on. Refused, with nothing changed, where
     /// a sliding-window layer no longer holds what a query at `pos` sees.
     pub fn truncate(&self, cache: &mut SpanCache<B>, pos: usize) -> Result<(), RunError> {

@@ -100,6 +100,7 @@ fn open(session: u64, max_tokens: u32) -> Message {
         stop_ids: Vec::new(),
         tap: false,
         feeders: Vec::new(),
+        prefix: Vec::new(),
     })
 }
 

@@ -62,6 +62,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             stop_ids: Vec::new(),
             tap: false,
             feeders: Vec::new(),
+            prefix: Vec::new(),
         }),
         Message::Step(Step {
             session: 7,

@@ -15,4 +15,4 @@ pub use span::{Span, SpanError, Stage};
 pub use tensor::{HiddenStates, TensorError, WireDtype};
 
 /// The protocol version a node and a client exchange before anything else.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

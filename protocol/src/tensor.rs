@@ -120,6 +120,18 @@ impl HiddenStates {
         true
     }
 
+    /// The first `tokens` tokens (all of them, if there are fewer).
+    pub fn first(&self, tokens: u32) -> HiddenStates {
+        let tokens = tokens.min(self.tokens);
+        let bytes = tokens as usize * self.hidden as usize * self.dtype.size();
+        HiddenStates {
+            tokens,
+            hidden: self.hidden,
+            dtype: self.dtype,
+            data: self.data[..bytes.min(self.data.len())].to_vec(),
+        }
+    }
+
     /// Decodes to f32, refusing more than `max_elements` values or a length that disagrees with
     /// the shape.
     pub fn decode(&self, max_elements: usize) -> Result<Vec<f32>, TensorError> {

@@ -108,7 +108,20 @@ pub struct OpenSession {
     /// that opened it: the hop before (for the first hop, the head hop feeding tokens on). At
     /// most [`MAX_FEEDERS`].
     pub feeders: Vec<String>,
+    /// Prefix reuse: the chained hashes of the prompt's first blocks of [`PREFIX_BLOCK`]
+    /// tokens, at most [`MAX_PREFIX_BLOCKS`]. A hop that kept the KV cache (and what it sent
+    /// downstream) of an earlier session of the same opener whose prompt began with the same
+    /// blocks starts the session from it: those tokens are then step 0, already run (see
+    /// [`SessionOpened::reused`]). After its first step the session's own blocks are kept for
+    /// later sessions. Empty: no reuse.
+    pub prefix: Vec<[u8; 16]>,
 }
+
+/// Tokens per hashed block of a prompt (see [`OpenSession::prefix`]).
+pub const PREFIX_BLOCK: usize = 16;
+
+/// The most prompt blocks a session names for reuse: 131,072 tokens.
+pub const MAX_PREFIX_BLOCKS: usize = 8192;
 
 /// The most feeders a session names.
 pub const MAX_FEEDERS: usize = 4;
@@ -131,6 +144,9 @@ pub struct Admit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionOpened {
     pub session: u64,
+    /// Tokens of the prompt the hop took from an earlier session (a multiple of
+    /// [`PREFIX_BLOCK`]; 0 for none): it holds them as step 0, and the next step is 1.
+    pub reused: u32,
 }
 
 /// Client → first hop: run these tokens (a prompt chunk, or one generated token).
@@ -579,6 +595,7 @@ impl Message {
                 many("feeders", o.feeders.len(), MAX_FEEDERS)?;
                 many("logit_bias", o.logit_bias.len(), MAX_LOGIT_BIAS)?;
                 many("top_logprobs", o.top_logprobs as usize, MAX_TOP_LOGPROBS)?;
+                many("prefix", o.prefix.len(), MAX_PREFIX_BLOCKS)?;
                 o.feeders.iter().try_for_each(|f| check("feeders", f))
             }
             Message::Token(t) => {

@@ -42,8 +42,12 @@ fn examples() -> Vec<Message> {
             stop_ids: vec![2, 70000],
             tap: true,
             feeders: vec!["12D3KooX".into()],
+            prefix: vec![[0x5a; 16]],
         }),
-        Message::SessionOpened(SessionOpened { session: 9 }),
+        Message::SessionOpened(SessionOpened {
+            session: 9,
+            reused: 64,
+        }),
         Message::Step(Step {
             session: 9,
             seq: 1,
@@ -109,8 +113,8 @@ fn examples() -> Vec<Message> {
 
 const SNAPSHOTS: [&str; 15] = [
     "0107026e3101abababababababababababababababababababababababababababababababab",
-    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c01010501070000c8c2000202fc70110100010108313244334b6f6f58",
-    "0309",
+    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c01010501070000c8c2000202fc70110100010108313244334b6f6f58015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "030940",
     "040901030180fc00000100001f",
     "05090201020104003c00c002fafbe8030100",
     "0609032a01000080be022a000080be03000000c0010701",

@@ -191,7 +191,12 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
         ids.len()
     );
     let mut session = model
-        .open(a.sampling(), ids.len() + a.max_tokens, TokenAsk::default())
+        .open(
+            a.sampling(),
+            ids.len() + a.max_tokens,
+            TokenAsk::default(),
+            &ids,
+        )
         .await?;
     let hops = |route: &[Hop]| -> Vec<String> {
         route
@@ -205,10 +210,11 @@ pub async fn run_remote(a: GenerateArgs) -> anyhow::Result<()> {
     // Repairs of the route are worth telling whoever watches.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
     session.feed_on = !a.client_steps;
+    let reused = session.fed().len();
     let g = generate_remote(
         &mut session,
         &model.tok,
-        &ids,
+        &ids[reused..],
         a.max_tokens,
         &mut print_piece,
     )

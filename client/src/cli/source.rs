@@ -42,6 +42,11 @@ pub struct SourceArgs {
     /// With --local: where the nodes compute (`auto` picks a real GPU when there is one).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+    /// With --local: the most prompt tokens each node keeps for later requests whose prompts
+    /// begin the same way (a system prompt, the earlier turns of a chat) to start from, without
+    /// computing them again. 0 turns prefix reuse off.
+    #[arg(long, value_name = "TOKENS", default_value_t = baton_node::server::PREFIX_CACHE_TOKENS)]
+    pub prefix_cache_tokens: usize,
     /// With --local: CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -121,7 +126,8 @@ impl SourceArgs {
             backend: self.backend,
             ..Default::default()
         };
-        let local = LocalSwarm::start(&path, n, engine, &mut |node, done, total| {
+        let keep = self.prefix_cache_tokens;
+        let local = LocalSwarm::start(&path, n, engine, keep, &mut |node, done, total| {
             bar.set_length((n * total) as u64);
             bar.set_position((node * total + done) as u64);
         })

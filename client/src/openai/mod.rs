@@ -374,7 +374,8 @@ async fn run(
     }
     let arrived = Instant::now();
     let tokens = prompt.len() + max_tokens;
-    let mut session = queue::open_in_turn(&state, p.sampling, tokens, &p.ask, arrived).await?;
+    let mut session =
+        queue::open_in_turn(&state, p.sampling, tokens, &p.ask, &prompt, arrived).await?;
     let running = ServeMetrics::running(&state);
     // Whoever runs the server hears about repairs of a request's route.
     session.on_event = Some(Box::new(|line| eprintln!("{line}")));
@@ -401,7 +402,21 @@ async fn run(
             open && !filter.stopped()
         };
         let tok = &task_state.model.tok;
-        let result = generate_remote(&mut session, tok, &prompt, max_tokens, &mut on_text).await;
+        // The hops may have started from an earlier request's prompt: the rest is to be sent.
+        let reused = session.fed().len();
+        let result = generate_remote(
+            &mut session,
+            tok,
+            &prompt[reused..],
+            max_tokens,
+            &mut on_text,
+        )
+        .await
+        .map(|mut g| {
+            g.prompt_tokens += reused;
+            g.cached_tokens = reused;
+            g
+        });
         session.close().await;
         drop(running);
         let metrics = &task_state.metrics;
@@ -443,7 +458,7 @@ async fn run(
                         model: &model,
                         kind,
                     };
-                    let usage = Usage::new(g.prompt_tokens, g.completion_tokens());
+                    let usage = Usage::of(&g);
                     let logprobs = match asked {
                         true => Render::new(kind).value(&state.model.tok, &g.tokens),
                         false => Value::Null,
@@ -498,9 +513,7 @@ async fn run(
                     let finish = g.stop.finish_reason();
                     let mut v = vec![head.chunk(None, Some(finish), Value::Null)];
                     if include_usage {
-                        v.push(
-                            head.usage_chunk(Usage::new(g.prompt_tokens, g.completion_tokens())),
-                        );
+                        v.push(head.usage_chunk(Usage::of(&g)));
                     }
                     return Some((v, None));
                 }

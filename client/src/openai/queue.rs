@@ -21,7 +21,8 @@ const QUEUE_WAIT: Duration = Duration::from_secs(300);
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_millis(200);
 
-/// Opens a session of `tokens` tokens for a request that arrived at `arrived`. While others
+/// Opens a session of `tokens` tokens starting with `prompt` for a request that arrived at
+/// `arrived`. While others
 /// wait, a newcomer goes behind them rather than take the room that frees for the first; the
 /// request at the head of the line tries again and again, backing off, until it gets room.
 pub(super) async fn open_in_turn(
@@ -29,6 +30,7 @@ pub(super) async fn open_in_turn(
     sampling: Sampling,
     tokens: usize,
     ask: &TokenAsk,
+    prompt: &[u32],
     arrived: Instant,
 ) -> Result<RemoteSession, ApiError> {
     let deadline = arrived + QUEUE_WAIT;
@@ -46,7 +48,11 @@ pub(super) async fn open_in_turn(
                 Err(_) => return Err(waited_too_long().into()),
             }
         }
-        match state.model.open(sampling, tokens, ask.clone()).await {
+        match state
+            .model
+            .open(sampling, tokens, ask.clone(), prompt)
+            .await
+        {
             Ok(s) => return Ok(s),
             Err(SwarmError::Busy(_)) if Instant::now() >= deadline => {
                 return Err(waited_too_long().into())

@@ -12,6 +12,8 @@ pub(super) struct Link {
     pub id: u64,
     pub send: quinn::SendStream,
     pub conn: quinn::Connection,
+    /// Prompt tokens the hop took from an earlier session when it opened this one.
+    pub reused: u32,
 }
 
 /// What a hop's session does: where its output goes (`next`; the head hop feeds the tokens it
@@ -24,6 +26,8 @@ pub(super) struct Role<'a> {
     pub ring: Option<&'a Hop>,
     pub feeder: Option<&'a Hop>,
     pub tap: bool,
+    /// The prompt's block hashes, for prefix reuse (see `OpenSession::prefix`).
+    pub prefix: &'a [baton_node::prefix::BlockHash],
 }
 
 impl<'a> Role<'a> {
@@ -40,6 +44,7 @@ impl<'a> Role<'a> {
                 route.get(k - 1)
             },
             tap: verify && !last,
+            prefix: &[],
         }
     }
 }
@@ -98,11 +103,12 @@ impl Dialer {
                 .map(|h| h.peer_id.to_string())
                 .into_iter()
                 .collect(),
+            prefix: role.prefix.to_vec(),
         };
         net::write_msg(&mut send, &Message::OpenSession(open)).await?;
         let wait = options.step_timeout.min(OPEN_WAIT);
-        match tokio::time::timeout(wait, net::read_msg(&mut recv)).await {
-            Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == session => {}
+        let reused = match tokio::time::timeout(wait, net::read_msg(&mut recv)).await {
+            Ok(Ok(Some(Message::SessionOpened(o)))) if o.session == session => o.reused,
             Ok(Ok(Some(Message::Error(e)))) => return Err(NetError::Remote(e)),
             Ok(Ok(other)) => {
                 return Err(NetError::Protocol(format!(
@@ -111,7 +117,7 @@ impl Dialer {
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(NetError::Timeout(wait, "a session to open")),
-        }
+        };
         let id = self.next_id;
         self.next_id += 1;
         tokio::spawn(async move {
@@ -121,7 +127,12 @@ impl Dialer {
                 }
             }
         });
-        Ok(Link { id, send, conn })
+        Ok(Link {
+            id,
+            send,
+            conn,
+            reused,
+        })
     }
 }
 

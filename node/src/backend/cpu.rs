@@ -57,6 +57,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn kv_fork(&self, kv: &CpuKv, tokens: usize) -> Result<CpuKv, RunError> {
+        let at = kv.at.first(tokens)?;
+        let n = tokens * kv.width;
+        Ok(CpuKv {
+            k: kv.k[..n].to_vec(),
+            v: kv.v[..n].to_vec(),
+            width: kv.width,
+            at,
+        })
+    }
+
     fn upload(&self, x: &[f32], width: usize) -> Result<CpuAct, RunError> {
         Ok(CpuAct {
             data: x.to_vec(),

@@ -97,6 +97,25 @@ impl Backend for GpuBackend {
         })
     }
 
+    fn kv_fork(&self, kv: &GpuKv, tokens: usize) -> Result<GpuKv, RunError> {
+        let at = kv.at.first(tokens)?;
+        let mut fork = GpuKv {
+            k: self.gpu.zeros(0),
+            v: self.gpu.zeros(0),
+            width: kv.width,
+            capacity: 0,
+            max: kv.max,
+            at: KvPositions::new(at.window),
+        };
+        // Fresh buffers with room for the positions, then a copy of them.
+        self.make_room(&mut fork, tokens, 0, 0);
+        let words = self.kv_format.words(tokens * kv.width);
+        self.gpu.copy(&kv.k.buf, 0, &fork.k.buf, 0, words);
+        self.gpu.copy(&kv.v.buf, 0, &fork.v.buf, 0, words);
+        fork.at = at;
+        Ok(fork)
+    }
+
     fn upload(&self, x: &[f32], width: usize) -> Result<GpuAct, RunError> {
         Ok(self.act(self.gpu.upload(x), width))
     }

@@ -86,6 +86,22 @@ impl KvPositions {
         Ok(())
     }
 
+    /// The bookkeeping of a copy of the first `tokens` positions, for a new session that
+    /// starts from them; refused where some of them were dropped or never held.
+    pub fn first(&self, tokens: usize) -> Result<KvPositions, RunError> {
+        if self.base > 0 || tokens > self.end {
+            return Err(RunError::Backend(format!(
+                "the KV cache holds positions {}..{}, not 0..{tokens}",
+                self.base, self.end
+            )));
+        }
+        Ok(KvPositions {
+            base: 0,
+            end: tokens,
+            window: self.window,
+        })
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.end - self.base
@@ -131,6 +147,25 @@ mod tests {
         let bound = KvPositions::most_held(window, PREFILL_CHUNK).unwrap();
         assert!(most <= bound && most > window + REWIND, "{most} vs {bound}");
         assert!(p.base > 0);
+    }
+
+    #[test]
+    fn a_copy_of_the_first_positions_needs_all_of_them() {
+        let mut p = KvPositions::new(16);
+        p.append(0, 40).unwrap();
+        assert_eq!(
+            p.first(32).unwrap(),
+            KvPositions {
+                base: 0,
+                end: 32,
+                window: 16
+            }
+        );
+        assert!(p.first(41).is_err());
+        for pos in 40..2000 {
+            p.append(pos, 1).unwrap();
+        }
+        assert!(p.base > 0 && p.first(32).is_err());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub trait Backend: Send + Sync {
     /// Forgets every position from `tokens` on; refused where a window layer no longer holds
     /// what a query there sees.
     fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize) -> Result<(), RunError>;
+    /// A new cache holding a copy of the first `tokens` positions of `kv` (which must all be
+    /// held): a session that starts from another's prefix.
+    fn kv_fork(&self, kv: &Self::Kv, tokens: usize) -> Result<Self::Kv, RunError>;
 
     fn upload(&self, x: &[f32], width: usize) -> Result<Self::Act, RunError>;
     fn download(&self, x: &Self::Act) -> Result<Vec<f32>, RunError>;

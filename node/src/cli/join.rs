@@ -48,6 +48,12 @@ pub struct JoinArgs {
     /// refused and routed elsewhere (default: what half of the free memory holds).
     #[arg(long)]
     pub max_kv_tokens: Option<usize>,
+    /// Prefix reuse: the most prompt tokens the node keeps, after their sessions end, for later
+    /// sessions of the same client whose prompts begin the same way (a system prompt, the
+    /// earlier turns of a chat) to start from without computing them again. Their memory is
+    /// beside --max-kv-tokens. 0 keeps none.
+    #[arg(long, value_name = "TOKENS", default_value_t = baton_node::server::PREFIX_CACHE_TOKENS)]
+    pub prefix_cache_tokens: usize,
     /// Close a session, and free its KV cache, after this many seconds without a step.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub idle_timeout: u64,
@@ -107,6 +113,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         max_sessions: a.max_sessions,
         public_addr: a.public_addr,
         max_kv_tokens: a.max_kv_tokens,
+        prefix_cache_tokens: a.prefix_cache_tokens,
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         swarm_key: a
             .swarm_key

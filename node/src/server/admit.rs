@@ -4,7 +4,12 @@
 use super::*;
 
 impl Server {
-    pub(super) async fn open(&self, o: OpenSession, reply: Send) -> Result<(), ErrorMsg> {
+    pub(super) async fn open(
+        &self,
+        o: OpenSession,
+        peer: PeerId,
+        reply: Send,
+    ) -> Result<(), ErrorMsg> {
         let fail = |code, msg: String| error(o.session, 0, code, msg);
         if self.draining.load(Ordering::SeqCst) {
             return Err(fail(ErrorCode::Busy, "the node is shutting down".into()));
@@ -68,6 +73,16 @@ impl Server {
         let cache = engine
             .new_cache()
             .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
+        // A check (`tap`) computes the hop's span again from what it is fed: it reuses nothing.
+        let reuse = !o.prefix.is_empty() && !o.tap && self.options.prefix_cache_tokens > 0;
+        let hit = match self.prefixes.lock() {
+            Ok(mut store) if reuse => store.reuse(peer, o.wire_dtype, &o.prefix, &cache),
+            _ => None,
+        };
+        let (cache, reused) = match hit {
+            Some(h) => (h.cache, Some((h.tokens, h.sent))),
+            None => (cache, None),
+        };
         let mut session = Session::new(
             engine,
             cache,
@@ -87,6 +102,17 @@ impl Server {
         session.tap = o.tap;
         session.top_logprobs = o.top_logprobs as usize;
         session.perturb = self.options.fault_perturb;
+        if reuse {
+            session.keep = Some((peer, o.prefix.clone()));
+        }
+        // The reused positions are step 0, already run.
+        let reused = match reused {
+            Some((tokens, sent)) => {
+                session.ran(0, sent);
+                tokens as u32
+            }
+            None => 0,
+        };
         if o.next.is_none() {
             session.ring = o.ring.clone().map(|first| Ring {
                 first,
@@ -115,12 +141,12 @@ impl Server {
             Err(_) => Err((ErrorCode::Internal, "the session table is broken")),
         };
         admitted.map_err(|(code, why)| fail(code, why.into()))?;
-        info!("session {:016x} opened", o.session);
-        Self::reply(
-            &reply,
-            Message::SessionOpened(SessionOpened { session: o.session }),
-        )
-        .await;
+        info!("session {:016x} opened, {reused} tokens reused", o.session);
+        let opened = SessionOpened {
+            session: o.session,
+            reused,
+        };
+        Self::reply(&reply, Message::SessionOpened(opened)).await;
         Ok(())
     }
 

@@ -117,6 +117,30 @@ impl Server {
             "Sessions open on the node.",
             &per(&|s| s.open_sessions() as f64),
         );
+        let prefixes = |f: &dyn Fn(&crate::prefix::PrefixStore) -> u64| {
+            per(&|s| s.prefixes.lock().map_or(0.0, |p| f(&p) as f64))
+        };
+        each(
+            out,
+            "baton:prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens sessions asked to reuse from earlier sessions' prompts.",
+            &prefixes(&|p| p.queried),
+        );
+        each(
+            out,
+            "baton:prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens sessions reused from earlier sessions' prompts.",
+            &prefixes(&|p| p.hits),
+        );
+        each(
+            out,
+            "baton:prefix_cache_tokens",
+            "gauge",
+            "Prompt positions the node keeps for reuse.",
+            &prefixes(&|p| p.tokens() as u64),
+        );
         each(
             out,
             "baton:kv_cache_usage_perc",

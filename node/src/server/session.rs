@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::wire::{ErrorCode, ErrorMsg, NextHop};
+use baton_protocol::wire::{ErrorCode, ErrorMsg, NextHop, PREFIX_BLOCK};
 use baton_protocol::{HiddenStates, WireDtype};
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::net::PeerId;
+use crate::prefix::BlockHash;
 use crate::runtime::{Cache, Engine};
 use crate::sampling::Sampler;
 
@@ -52,6 +54,9 @@ pub struct Session {
     pub tap: bool,
     /// See `ServerOptions::fault_perturb`.
     pub perturb: f32,
+    /// The opener and the blocks of the prompt to keep for reuse once the cache holds them
+    /// (see [`crate::prefix`]); dropped when the session rewinds before.
+    pub keep: Option<(PeerId, Vec<BlockHash>)>,
 }
 
 impl Session {
@@ -83,6 +88,7 @@ impl Session {
             ring: None,
             tap: false,
             perturb: 0.0,
+            keep: None,
         }
     }
 
@@ -121,10 +127,25 @@ impl Session {
             code: ErrorCode::OutOfOrder,
             message: format!("step {seq}: {e}"),
         })?;
+        self.keep = None;
         self.bounds.retain(|(s, _)| *s < seq);
         self.sent.retain(|(s, _)| *s < seq);
         self.seq = seq;
         Ok(())
+    }
+
+    /// Whether the prompt blocks to keep for reuse are all in the cache now.
+    pub fn keep_due(&self) -> bool {
+        self.keep
+            .as_ref()
+            .is_some_and(|(_, chain)| self.cache.pos() >= chain.len() * PREFIX_BLOCK)
+    }
+
+    /// Everything sent downstream so far in one piece, if it merges into one.
+    pub fn all_sent(&self) -> Option<HiddenStates> {
+        let mut it = self.sent.iter();
+        let mut all = it.next()?.1.clone();
+        it.all(|(_, h)| all.append(h)).then_some(all)
     }
 
     /// Everything sent downstream, merged into pieces of at most `max_bytes` each (at least

@@ -205,6 +205,9 @@ impl Server {
         });
         let passed_on = s.next.is_some();
         s.ran(seq, sent.clone().filter(|_| passed_on));
+        if s.keep_due() {
+            self.keep_prefix(id);
+        }
         if m.replay {
             let ack = Message::Ack(Ack {
                 session: id,
@@ -275,6 +278,33 @@ impl Server {
 }
 
 impl Server {
+    /// Keeps the prompt blocks of session `id` for later sessions (see [`crate::prefix`]),
+    /// once the step that holds the session now has answered: the copy does not delay it.
+    fn keep_prefix(&self, id: u64) {
+        let (Some(session), store) = (self.session(id), self.prefixes.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut s = session.lock().await;
+            if !s.keep_due() {
+                return;
+            }
+            let Some((owner, chain)) = s.keep.take() else {
+                return;
+            };
+            // A hop that passes hidden states on keeps what it sent, to rebuild a next hop
+            // from.
+            let sent = match (s.engine.has_head(), s.all_sent()) {
+                (true, _) => None,
+                (false, Some(h)) => Some(h),
+                (false, None) => return,
+            };
+            if let Ok(mut store) = store.lock() {
+                store.keep(owner, s.wire, &chain, &s.cache, sent.as_ref());
+            };
+        });
+    }
+
     /// On the head hop: sends `token` to the route's first hop as step `seq`, allowing `more`
     /// after it. False when it does not (no first hop known, a stop token, the first hop out
     /// of reach): the client then sends the step itself.

@@ -59,7 +59,8 @@ fn message() -> impl Strategy<Value = Message> {
                 proptest::collection::vec(text, 0..3),
                 (
                     0u8..=20,
-                    proptest::collection::vec((any::<u32>(), -100f32..100.0), 0..4)
+                    proptest::collection::vec((any::<u32>(), -100f32..100.0), 0..4),
+                    proptest::collection::vec(any::<[u8; 16]>(), 0..3)
                 )
             )
         )
@@ -76,7 +77,7 @@ fn message() -> impl Strategy<Value = Message> {
                     ring,
                     stop_ids,
                     tap,
-                    (feeders, (top_logprobs, logit_bias)),
+                    (feeders, (top_logprobs, logit_bias, prefix)),
                 )| {
                     Message::OpenSession(OpenSession {
                         session,
@@ -93,10 +94,13 @@ fn message() -> impl Strategy<Value = Message> {
                         stop_ids,
                         tap,
                         feeders,
+                        prefix,
                     })
                 }
             ),
-        any::<u64>().prop_map(|session| Message::SessionOpened(SessionOpened { session })),
+        (any::<u64>(), any::<u32>()).prop_map(|(session, reused)| Message::SessionOpened(
+            SessionOpened { session, reused }
+        )),
         (
             any::<u64>(),
             any::<u64>(),
@@ -283,7 +287,7 @@ fn counts_of_log_probabilities_and_biases_are_bounded() {
             max: MAX_TOP_LOGPROBS
         })
     );
-    let open = |top_logprobs: u8, bias: usize| {
+    let open = |top_logprobs: u8, bias: usize, prefix: usize| {
         Message::OpenSession(OpenSession {
             session: 1,
             model_id: "m".into(),
@@ -299,21 +303,34 @@ fn counts_of_log_probabilities_and_biases_are_bounded() {
             stop_ids: Vec::new(),
             tap: false,
             feeders: Vec::new(),
+            prefix: vec![[7; 16]; prefix],
         })
     };
     let decode = |m: Message| Message::decode_body(&m.encode_body());
-    assert!(decode(open(MAX_TOP_LOGPROBS as u8, MAX_LOGIT_BIAS)).is_ok());
+    assert!(decode(open(
+        MAX_TOP_LOGPROBS as u8,
+        MAX_LOGIT_BIAS,
+        MAX_PREFIX_BLOCKS
+    ))
+    .is_ok());
     assert!(matches!(
-        decode(open(MAX_TOP_LOGPROBS as u8 + 1, 0)),
+        decode(open(MAX_TOP_LOGPROBS as u8 + 1, 0, 0)),
         Err(WireError::TooMany {
             field: "top_logprobs",
             ..
         })
     ));
     assert!(matches!(
-        decode(open(0, MAX_LOGIT_BIAS + 1)),
+        decode(open(0, MAX_LOGIT_BIAS + 1, 0)),
         Err(WireError::TooMany {
             field: "logit_bias",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode(open(0, 0, MAX_PREFIX_BLOCKS + 1)),
+        Err(WireError::TooMany {
+            field: "prefix",
             ..
         })
     ));
