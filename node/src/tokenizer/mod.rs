@@ -31,12 +31,16 @@ pub struct Tokenizer {
     add_bos: Option<u32>,
     /// Tokens that end a turn: the EOS token and the template's end-of-turn markers.
     pub stop_ids: Vec<u32>,
+    /// Ids, added tokens included: counted once, since the library builds its whole vocabulary
+    /// map to count them (milliseconds per call, once per request).
+    vocab_size: usize,
 }
 
 impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, LoadError> {
         let built = gguf::build(g)?;
         let mut t = Tokenizer {
+            vocab_size: built.inner.get_vocab_size(true),
             inner: built.inner,
             chat_template: g.get_str("tokenizer.chat_template").map(String::from),
             bos: built.bos.map(|b| b.1),
@@ -73,6 +77,7 @@ impl Tokenizer {
             stop_ids: eos.iter().filter_map(|e| inner.token_to_id(e)).collect(),
             eos,
             add_bos: None,
+            vocab_size: inner.get_vocab_size(true),
             inner,
         };
         t.add_turn_markers();
@@ -115,6 +120,7 @@ impl Tokenizer {
             .parse()
             .map_err(|e| format!("the tokenizer does not load: {e}"))?;
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             chat_template: spec.chat_template.clone(),
             bos: spec.bos.clone(),
@@ -148,7 +154,7 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Uses `template` (Jinja, as in `tokenizer_config.json`) instead of the model's own.
