@@ -13,10 +13,10 @@
 //! from those as from any step's. Kept prompts are dropped least recently used first when their
 //! positions would pass the store's budget.
 
-use crate::net::PeerId;
 use baton_protocol::wire::PREFIX_BLOCK;
 use baton_protocol::{HiddenStates, WireDtype};
 
+use crate::net::PeerId;
 use crate::runtime::Cache;
 
 /// One block's hash in a chain.

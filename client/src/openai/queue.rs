@@ -22,9 +22,9 @@ const FIRST_PAUSE: Duration = Duration::from_millis(10);
 const LONGEST_PAUSE: Duration = Duration::from_millis(200);
 
 /// Opens a session of `tokens` tokens starting with `prompt` for a request that arrived at
-/// `arrived`. While others
-/// wait, a newcomer goes behind them rather than take the room that frees for the first; the
-/// request at the head of the line tries again and again, backing off, until it gets room.
+/// `arrived`. While others wait, a newcomer goes behind them rather than take the room that
+/// frees for the first; the request at the head of the line tries again and again, backing
+/// off, until it gets room.
 pub(super) async fn open_in_turn(
     state: &Arc<AppState>,
     sampling: Sampling,
