@@ -194,14 +194,14 @@ impl RemoteSession {
             next_id: 0,
         };
         let prefix = if options.verify > 0.0 {
-            Vec::new()
+            Default::default()
         } else {
-            baton_node::prefix::hashes(&options.prompt)
+            baton_node::prefix::chain(&options.prompt)
         };
         let mut links = Vec::with_capacity(route.len());
         for (i, hop) in route.iter().enumerate().rev() {
             let mut role = Role::in_route(route, i, options.verify > 0.0);
-            role.prefix = &prefix;
+            role.prefix = Some(&prefix);
             let link = dialer
                 .link(id, options, hop, role)
                 .await

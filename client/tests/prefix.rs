@@ -1,7 +1,7 @@
-//! Prefix reuse across a route of three nodes on loopback: a session whose prompt begins like an
-//! earlier one's starts from what every hop kept and generates exactly the tokens it generates
-//! from nothing; a hop that dies afterwards is rebuilt from what the hop before it kept; another
-//! client reuses nothing.
+//! Prefix reuse across a route of three nodes on loopback: a prompt sent again, and one that
+//! begins like an earlier one, start from what every hop kept and generate exactly the tokens
+//! they generate from nothing; a hop that dies afterwards is rebuilt from what the hop before it
+//! kept; another client reuses nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,9 +127,18 @@ async fn a_shared_prompt_prefix_is_reused_on_every_hop_and_changes_no_token() {
         .await
         .unwrap();
     assert!(s.fed().is_empty());
-    greedy(&mut s, &a, 3).await;
+    let first = greedy(&mut s, &a, 3).await;
     s.close().await;
     assert!(nodes.iter().all(|(server, _)| hits(server) == 0));
+
+    // The same prompt again: all of it but its last token is reused, with the same tokens.
+    let mut s = RemoteSession::open(&endpoint, &key, &route, &options(&a), None)
+        .await
+        .unwrap();
+    assert_eq!(s.fed(), &a[..a.len() - 1]);
+    assert_eq!(greedy(&mut s, &a[a.len() - 1..], 3).await, first);
+    s.close().await;
+    let again = (a.len() - 1) as u64;
 
     // The second starts from them on every hop, and a spare may replace a hop.
     let spare = spare_hop.clone();
@@ -142,7 +151,7 @@ async fn a_shared_prompt_prefix_is_reused_on_every_hop_and_changes_no_token() {
         .unwrap();
     assert_eq!(s.fed(), &b[..reusable]);
     for (server, _) in &nodes {
-        assert_eq!(hits(server), reusable as u64, "{}", server.span());
+        assert_eq!(hits(server), again + reusable as u64, "{}", server.span());
     }
     let mut got = greedy(&mut s, &b[reusable..], 4).await;
     // The middle hop dies: the spare is rebuilt from what the first hop sent, the reused

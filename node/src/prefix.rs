@@ -22,23 +22,56 @@ use crate::runtime::Cache;
 /// One block's hash in a chain.
 pub type BlockHash = [u8; 16];
 
-/// The chained hashes of the whole blocks of `prompt` that leave at least one token after them:
-/// a session must run one token of its own to get logits.
-pub fn hashes(prompt: &[u32]) -> Vec<BlockHash> {
-    let blocks = prompt.len().saturating_sub(1) / PREFIX_BLOCK;
-    let mut out = Vec::with_capacity(blocks);
+/// A prompt's blocks, as a session names them for reuse: chained hashes, the last of which
+/// covers only `tail` tokens when it is shorter than a block (0: it is whole).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub hashes: Vec<BlockHash>,
+    pub tail: u8,
+}
+
+impl Chain {
+    /// The tokens the first `n` hashes cover.
+    fn covered(&self, n: usize) -> usize {
+        if n == self.hashes.len() && n > 0 && self.tail > 0 {
+            (n - 1) * PREFIX_BLOCK + self.tail as usize
+        } else {
+            n * PREFIX_BLOCK
+        }
+    }
+
+    /// The tokens all of them cover.
+    pub fn tokens(&self) -> usize {
+        self.covered(self.hashes.len())
+    }
+}
+
+/// The blocks of `prompt` but its last token (a session must run one token of its own to get
+/// logits): every whole block, then the rest as a shorter block. A shorter block is hashed
+/// apart from whole ones, so it matches only the same tokens at the end of a prompt: a prompt
+/// sent again reuses all but its last token, one that goes on past it only its whole blocks.
+pub fn chain(prompt: &[u32]) -> Chain {
+    let covered = prompt.len().saturating_sub(1);
+    let mut hashes = Vec::with_capacity(covered.div_ceil(PREFIX_BLOCK));
     let mut prev = [0u8; 16];
-    for block in prompt.chunks_exact(PREFIX_BLOCK).take(blocks) {
+    for block in prompt[..covered].chunks(PREFIX_BLOCK) {
         let mut h = blake3::Hasher::new();
-        h.update(b"baton prefix block");
+        h.update(if block.len() == PREFIX_BLOCK {
+            b"baton prefix block"
+        } else {
+            b"baton prefix tail "
+        });
         h.update(&prev);
         for t in block {
             h.update(&t.to_le_bytes());
         }
         prev.copy_from_slice(&h.finalize().as_bytes()[..16]);
-        out.push(prev);
+        hashes.push(prev);
     }
-    out
+    Chain {
+        hashes,
+        tail: (covered % PREFIX_BLOCK) as u8,
+    }
 }
 
 /// A session started from a kept prompt: its cache, what the hop sent downstream for those
@@ -52,8 +85,8 @@ pub struct Hit {
 struct Entry {
     owner: PeerId,
     wire: WireDtype,
-    chain: Vec<BlockHash>,
-    /// Holds `chain.len() · PREFIX_BLOCK` positions.
+    chain: Chain,
+    /// Holds `chain.tokens()` positions.
     cache: Cache,
     sent: Option<HiddenStates>,
     /// When it was last stored or reused, by the store's clock.
@@ -62,7 +95,7 @@ struct Entry {
 
 impl Entry {
     fn tokens(&self) -> usize {
-        self.chain.len() * PREFIX_BLOCK
+        self.chain.tokens()
     }
 }
 
@@ -104,26 +137,25 @@ impl PrefixStore {
         &mut self,
         owner: PeerId,
         wire: WireDtype,
-        chain: &[BlockHash],
+        chain: &Chain,
         fresh: &Cache,
     ) -> Option<Hit> {
-        self.queried += (chain.len() * PREFIX_BLOCK) as u64;
+        self.queried += chain.tokens() as u64;
         // Kept prompts of a span the node no longer serves are of no use.
         self.entries.retain(|e| e.cache.same_span(fresh));
-        let (best, blocks) = self
+        let (best, tokens) = self
             .entries
             .iter()
             .enumerate()
             .filter(|(_, e)| e.owner == owner && e.wire == wire)
-            .map(|(i, e)| (i, common(&e.chain, chain)))
+            .map(|(i, e)| (i, e.chain.covered(common(&e.chain.hashes, &chain.hashes))))
             .max_by_key(|&(_, n)| n)?;
-        if blocks == 0 {
+        if tokens == 0 {
             return None;
         }
         self.clock += 1;
         let e = &mut self.entries[best];
         e.used = self.clock;
-        let tokens = blocks * PREFIX_BLOCK;
         let cache = e.cache.fork(tokens).ok()?;
         let sent = e.sent.as_ref().map(|h| h.first(tokens as u32));
         self.hits += tokens as u64;
@@ -134,29 +166,30 @@ impl PrefixStore {
         })
     }
 
-    /// Keeps the first `chain.len()` blocks of a session of `owner` whose cache is `cache`
-    /// and that sent `sent` downstream for its first positions. Nothing is kept where the
-    /// cache no longer holds all of them (a sliding-window layer dropped some), where another
-    /// kept prompt already covers them, or beyond the budget.
+    /// Keeps the blocks `chain` of a session of `owner` whose cache is `cache` and that sent
+    /// `sent` downstream for its first positions. Nothing is kept where the cache no longer
+    /// holds all of them (a sliding-window layer dropped some), where another kept prompt
+    /// already covers them, or beyond the budget.
     pub fn keep(
         &mut self,
         owner: PeerId,
         wire: WireDtype,
-        chain: &[BlockHash],
+        chain: &Chain,
         cache: &Cache,
         sent: Option<&HiddenStates>,
     ) {
-        let tokens = chain.len() * PREFIX_BLOCK;
-        if chain.is_empty() || tokens > self.budget || cache.pos() < tokens {
+        let tokens = chain.tokens();
+        if tokens == 0 || tokens > self.budget || cache.pos() < tokens {
             return;
         }
+        let n = chain.hashes.len();
         self.clock += 1;
         let clock = self.clock;
         let mine = |e: &Entry| e.owner == owner && e.wire == wire && e.cache.same_span(cache);
         if let Some(e) = self
             .entries
             .iter_mut()
-            .find(|e| mine(e) && common(&e.chain, chain) == chain.len())
+            .find(|e| mine(e) && common(&e.chain.hashes, &chain.hashes) == n)
         {
             e.used = clock;
             return;
@@ -169,8 +202,9 @@ impl PrefixStore {
             return;
         };
         // A kept prompt this one extends is no longer needed.
-        self.entries
-            .retain(|e| !(mine(e) && common(&e.chain, chain) == e.chain.len()));
+        self.entries.retain(|e| {
+            !(mine(e) && common(&e.chain.hashes, &chain.hashes) == e.chain.hashes.len())
+        });
         while self.tokens() + tokens > self.budget {
             let Some(oldest) = (0..self.entries.len()).min_by_key(|&i| self.entries[i].used) else {
                 break;
@@ -180,7 +214,7 @@ impl PrefixStore {
         self.entries.push(Entry {
             owner,
             wire,
-            chain: chain.to_vec(),
+            chain: chain.clone(),
             cache: copy,
             sent,
             used: clock,
@@ -198,20 +232,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_name_whole_blocks_and_their_whole_history() {
+    fn a_chain_names_every_block_and_its_whole_history() {
         let b = PREFIX_BLOCK;
         let p: Vec<u32> = (0..3 * b as u32 + 5).collect();
-        let h = hashes(&p);
-        assert_eq!(h.len(), 3);
-        // A block that ends the prompt is left for the session to run.
-        assert_eq!(hashes(&p[..2 * b + 1]), h[..2]);
-        assert_eq!(hashes(&p[..2 * b]).len(), 1);
-        assert!(hashes(&p[..b]).is_empty());
+        let c = chain(&p);
+        // Three whole blocks and the rest but the last token.
+        assert_eq!((c.hashes.len(), c.tail, c.tokens()), (4, 4, 3 * b + 4));
+        // A prompt that goes on shares the whole blocks, never the shorter one.
+        let longer = chain(&[&p[..], &[7, 8, 9][..]].concat());
+        assert_eq!(common(&c.hashes, &longer.hashes), 3);
+        // Whole blocks to the last token: no shorter block.
+        let whole = chain(&p[..2 * b + 1]);
+        assert_eq!(
+            (whole.hashes.len(), whole.tail, whole.tokens()),
+            (2, 0, 2 * b)
+        );
+        assert_eq!(whole.hashes, c.hashes[..2]);
+        assert_eq!(chain(&p[..1]), Chain::default());
         // The same tokens after a different history hash differently.
         let mut q = p.clone();
         q[0] = 99;
-        let g = hashes(&q);
-        assert!(g.iter().zip(&h).all(|(x, y)| x != y));
-        assert_eq!(common(&h, &hashes(&p[..2 * b + 3])), 2);
+        assert!(chain(&q).hashes.iter().zip(&c.hashes).all(|(x, y)| x != y));
     }
 }

@@ -101,6 +101,7 @@ fn open(session: u64, max_tokens: u32) -> Message {
         tap: false,
         feeders: Vec::new(),
         prefix: Vec::new(),
+        prefix_tail: 0,
     })
 }
 

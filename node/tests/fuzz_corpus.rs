@@ -63,6 +63,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             tap: false,
             feeders: Vec::new(),
             prefix: Vec::new(),
+            prefix_tail: 0,
         }),
         Message::Step(Step {
             session: 7,

@@ -7,7 +7,7 @@ use baton_node::backend::cpu::CpuBackend;
 use baton_node::backend::gpu::GpuBackend;
 use baton_node::backend::Backend;
 use baton_node::net::generate_identity;
-use baton_node::prefix::{hashes, PrefixStore};
+use baton_node::prefix::{chain, PrefixStore};
 use baton_node::{BackendChoice, Engine, Logits, ModelFile, SpanInput};
 use baton_protocol::wire::PREFIX_BLOCK;
 use baton_protocol::{Span, WireDtype};
@@ -91,47 +91,47 @@ fn the_store_keeps_each_clients_prompts_within_its_budget() {
     // Room for two prompts of four blocks.
     let mut store = PrefixStore::new(8 * b);
     let a = prompt(100);
-    store.keep(me, wire, &hashes(&a), &run(&a), None);
+    store.keep(me, wire, &chain(&a), &run(&a), None);
     assert_eq!(store.tokens(), 4 * b);
 
     // The same first two blocks, then others: two blocks reused, and only by their client.
     let mut c = a.clone();
     c[2 * b + 3] = 7;
-    let hit = store.reuse(me, wire, &hashes(&c), &fresh).unwrap();
+    let hit = store.reuse(me, wire, &chain(&c), &fresh).unwrap();
     assert_eq!((hit.tokens, hit.cache.pos()), (2 * b, 2 * b));
-    assert!(store.reuse(other, wire, &hashes(&c), &fresh).is_none());
+    assert!(store.reuse(other, wire, &chain(&c), &fresh).is_none());
     assert!(store
-        .reuse(me, WireDtype::F32, &hashes(&c), &fresh)
+        .reuse(me, WireDtype::F32, &chain(&c), &fresh)
         .is_none());
     assert_eq!((store.hits, store.queried), (2 * b as u64, 12 * b as u64));
 
     // A prompt that extends a kept one replaces it; one already covered adds nothing.
     let mut longer = a.clone();
     longer.extend((0..2 * b as u32).map(|i| 900 + i));
-    store.keep(me, wire, &hashes(&longer), &run(&longer), None);
+    store.keep(me, wire, &chain(&longer), &run(&longer), None);
     assert_eq!(store.tokens(), 6 * b);
-    store.keep(me, wire, &hashes(&a), &run(&a), None);
+    store.keep(me, wire, &chain(&a), &run(&a), None);
     assert_eq!(store.tokens(), 6 * b);
 
     // Beyond the budget the least recently used go: keeping `d` makes room by dropping
     // `longer`; with `d` and `e` kept and `d` used since, keeping `f` drops `e`.
     let (d, e, f) = (prompt(5000), prompt(6000), prompt(7000));
-    store.keep(me, wire, &hashes(&d), &run(&d), None);
+    store.keep(me, wire, &chain(&d), &run(&d), None);
     assert_eq!(store.tokens(), 4 * b);
-    assert!(store.reuse(me, wire, &hashes(&longer), &fresh).is_none());
-    store.keep(me, wire, &hashes(&e), &run(&e), None);
+    assert!(store.reuse(me, wire, &chain(&longer), &fresh).is_none());
+    store.keep(me, wire, &chain(&e), &run(&e), None);
     assert_eq!(store.tokens(), 8 * b);
     assert_eq!(
-        store.reuse(me, wire, &hashes(&d), &fresh).unwrap().tokens,
+        store.reuse(me, wire, &chain(&d), &fresh).unwrap().tokens,
         4 * b
     );
-    store.keep(me, wire, &hashes(&f), &run(&f), None);
+    store.keep(me, wire, &chain(&f), &run(&f), None);
     assert_eq!(store.tokens(), 8 * b);
-    assert!(store.reuse(me, wire, &hashes(&e), &fresh).is_none());
-    assert!(store.reuse(me, wire, &hashes(&d), &fresh).is_some());
-    assert!(store.reuse(me, wire, &hashes(&f), &fresh).is_some());
+    assert!(store.reuse(me, wire, &chain(&e), &fresh).is_none());
+    assert!(store.reuse(me, wire, &chain(&d), &fresh).is_some());
+    assert!(store.reuse(me, wire, &chain(&f), &fresh).is_some());
     // A prompt larger than the whole budget is not kept.
     let huge: Vec<u32> = (0..9 * b as u32 + 1).collect();
-    store.keep(me, wire, &hashes(&huge), &run(&huge), None);
+    store.keep(me, wire, &chain(&huge), &run(&huge), None);
     assert_eq!(store.tokens(), 8 * b);
 }

@@ -109,12 +109,17 @@ pub struct OpenSession {
     /// most [`MAX_FEEDERS`].
     pub feeders: Vec<String>,
     /// Prefix reuse: the chained hashes of the prompt's first blocks of [`PREFIX_BLOCK`]
-    /// tokens, at most [`MAX_PREFIX_BLOCKS`]. A hop that kept the KV cache (and what it sent
-    /// downstream) of an earlier session of the same opener whose prompt began with the same
-    /// blocks starts the session from it: those tokens are then step 0, already run (see
+    /// tokens, at most [`MAX_PREFIX_BLOCKS`]; the last may be a shorter block of
+    /// `prefix_tail` tokens. A hop that kept the KV cache (and what it sent downstream) of an
+    /// earlier session of the same opener whose prompt began with the same blocks starts the
+    /// session from it: those tokens are then step 0, already run (see
     /// [`SessionOpened::reused`]). After its first step the session's own blocks are kept for
     /// later sessions. Empty: no reuse.
     pub prefix: Vec<[u8; 16]>,
+    /// Tokens of the last block of `prefix` when it is shorter than [`PREFIX_BLOCK`] (0: it is
+    /// whole). Such a block matches only the same tokens at the end of a kept prompt: a prompt
+    /// sent again reuses all of it but its last token.
+    pub prefix_tail: u8,
 }
 
 /// Tokens per hashed block of a prompt (see [`OpenSession::prefix`]).
@@ -144,8 +149,8 @@ pub struct Admit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionOpened {
     pub session: u64,
-    /// Tokens of the prompt the hop took from an earlier session (a multiple of
-    /// [`PREFIX_BLOCK`]; 0 for none): it holds them as step 0, and the next step is 1.
+    /// Tokens of the prompt the hop took from an earlier session (0 for none): it holds them
+    /// as step 0, and the next step is 1.
     pub reused: u32,
 }
 
@@ -596,6 +601,7 @@ impl Message {
                 many("logit_bias", o.logit_bias.len(), MAX_LOGIT_BIAS)?;
                 many("top_logprobs", o.top_logprobs as usize, MAX_TOP_LOGPROBS)?;
                 many("prefix", o.prefix.len(), MAX_PREFIX_BLOCKS)?;
+                many("prefix_tail", o.prefix_tail as usize, PREFIX_BLOCK - 1)?;
                 o.feeders.iter().try_for_each(|f| check("feeders", f))
             }
             Message::Token(t) => {

@@ -43,6 +43,7 @@ fn examples() -> Vec<Message> {
             tap: true,
             feeders: vec!["12D3KooX".into()],
             prefix: vec![[0x5a; 16]],
+            prefix_tail: 5,
         }),
         Message::SessionOpened(SessionOpened {
             session: 9,
@@ -113,7 +114,7 @@ fn examples() -> Vec<Message> {
 
 const SNAPSHOTS: [&str; 15] = [
     "0107026e3101abababababababababababababababababababababababababababababababab",
-    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c01010501070000c8c2000202fc70110100010108313244334b6f6f58015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c01010501070000c8c2000202fc70110100010108313244334b6f6f58015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a05",
     "030940",
     "040901030180fc00000100001f",
     "05090201020104003c00c002fafbe8030100",

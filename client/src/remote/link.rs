@@ -27,7 +27,7 @@ pub(super) struct Role<'a> {
     pub feeder: Option<&'a Hop>,
     pub tap: bool,
     /// The prompt's block hashes, for prefix reuse (see `OpenSession::prefix`).
-    pub prefix: &'a [baton_node::prefix::BlockHash],
+    pub prefix: Option<&'a baton_node::prefix::Chain>,
 }
 
 impl<'a> Role<'a> {
@@ -44,7 +44,7 @@ impl<'a> Role<'a> {
                 route.get(k - 1)
             },
             tap: verify && !last,
-            prefix: &[],
+            prefix: None,
         }
     }
 }
@@ -103,7 +103,8 @@ impl Dialer {
                 .map(|h| h.peer_id.to_string())
                 .into_iter()
                 .collect(),
-            prefix: role.prefix.to_vec(),
+            prefix: role.prefix.map(|c| c.hashes.clone()).unwrap_or_default(),
+            prefix_tail: role.prefix.map_or(0, |c| c.tail),
         };
         net::write_msg(&mut send, &Message::OpenSession(open)).await?;
         let wait = options.step_timeout.min(OPEN_WAIT);

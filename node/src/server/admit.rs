@@ -2,6 +2,7 @@
 //! afterwards: the stream that opened it, and the feeders it names for its steps.
 
 use super::*;
+use crate::prefix::Chain;
 
 impl Server {
     pub(super) async fn open(
@@ -75,8 +76,12 @@ impl Server {
             .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
         // A check (`tap`) computes the hop's span again from what it is fed: it reuses nothing.
         let reuse = !o.prefix.is_empty() && !o.tap && self.options.prefix_cache_tokens > 0;
+        let chain = Chain {
+            hashes: o.prefix.clone(),
+            tail: o.prefix_tail,
+        };
         let hit = match self.prefixes.lock() {
-            Ok(mut store) if reuse => store.reuse(peer, o.wire_dtype, &o.prefix, &cache),
+            Ok(mut store) if reuse => store.reuse(peer, o.wire_dtype, &chain, &cache),
             _ => None,
         };
         let (cache, reused) = match hit {
@@ -103,7 +108,7 @@ impl Server {
         session.top_logprobs = o.top_logprobs as usize;
         session.perturb = self.options.fault_perturb;
         if reuse {
-            session.keep = Some((peer, o.prefix.clone()));
+            session.keep = Some((peer, chain));
         }
         // The reused positions are step 0, already run.
         let reused = match reused {

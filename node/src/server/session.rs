@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::wire::{ErrorCode, ErrorMsg, NextHop, PREFIX_BLOCK};
+use baton_protocol::wire::{ErrorCode, ErrorMsg, NextHop};
 use baton_protocol::{HiddenStates, WireDtype};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::net::PeerId;
-use crate::prefix::BlockHash;
+use crate::prefix::Chain;
 use crate::runtime::{Cache, Engine};
 use crate::sampling::Sampler;
 
@@ -56,7 +56,7 @@ pub struct Session {
     pub perturb: f32,
     /// The opener and the blocks of the prompt to keep for reuse once the cache holds them
     /// (see [`crate::prefix`]); dropped when the session rewinds before.
-    pub keep: Option<(PeerId, Vec<BlockHash>)>,
+    pub keep: Option<(PeerId, Chain)>,
 }
 
 impl Session {
@@ -138,7 +138,7 @@ impl Session {
     pub fn keep_due(&self) -> bool {
         self.keep
             .as_ref()
-            .is_some_and(|(_, chain)| self.cache.pos() >= chain.len() * PREFIX_BLOCK)
+            .is_some_and(|(_, chain)| self.cache.pos() >= chain.tokens())
     }
 
     /// Everything sent downstream so far in one piece, if it merges into one.

@@ -60,7 +60,8 @@ fn message() -> impl Strategy<Value = Message> {
                 (
                     0u8..=20,
                     proptest::collection::vec((any::<u32>(), -100f32..100.0), 0..4),
-                    proptest::collection::vec(any::<[u8; 16]>(), 0..3)
+                    proptest::collection::vec(any::<[u8; 16]>(), 0..3),
+                    0u8..16
                 )
             )
         )
@@ -77,7 +78,7 @@ fn message() -> impl Strategy<Value = Message> {
                     ring,
                     stop_ids,
                     tap,
-                    (feeders, (top_logprobs, logit_bias, prefix)),
+                    (feeders, (top_logprobs, logit_bias, prefix, prefix_tail)),
                 )| {
                     Message::OpenSession(OpenSession {
                         session,
@@ -95,6 +96,7 @@ fn message() -> impl Strategy<Value = Message> {
                         tap,
                         feeders,
                         prefix,
+                        prefix_tail,
                     })
                 }
             ),
@@ -304,6 +306,7 @@ fn counts_of_log_probabilities_and_biases_are_bounded() {
             tap: false,
             feeders: Vec::new(),
             prefix: vec![[7; 16]; prefix],
+            prefix_tail: 0,
         })
     };
     let decode = |m: Message| Message::decode_body(&m.encode_body());
