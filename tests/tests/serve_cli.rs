@@ -94,7 +94,17 @@ fn local_server_speaks_openai() {
     let (text, finish, stream_usage) = streamed(&body, true);
     assert_eq!(text, content);
     assert_eq!(finish, "stop");
-    assert_eq!(stream_usage.as_ref(), Some(usage));
+    // The same prompt again: all of it but its last token comes from the first request's.
+    let stream_usage = stream_usage.expect("a usage chunk");
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(stream_usage[field], usage[field], "{field}");
+    }
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        stream_usage["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(prompt_tokens as u64 - 1),
+        "{stream_usage}"
+    );
 
     // Four at once, each its own session: each gets the answer one alone gets.
     let threads: Vec<_> = (0..4)
