@@ -2,62 +2,18 @@
 //! greedy generation equals the whole model in one process, and bad input gets errors while the
 //! nodes keep serving.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use baton_client::generate::generate;
 use baton_client::remote::{Hop, RemoteSession, SessionOptions};
-use baton_node::net::{self, generate_identity, Keypair};
-use baton_node::server::{Server, ServerOptions};
+use baton_node::net::{self, generate_identity};
 use baton_node::{BackendChoice, Engine, ModelFile};
 use baton_protocol::wire::{ErrorCode, Hello, Message, Sampling, Step};
 use baton_protocol::{Span, WireDtype};
 use baton_tests::{cases, demo_model};
 
-const MODEL_ID: &str = "smollm2-135m-test";
-
-fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
-    let engine = Engine::load(model, span, BackendChoice::Cpu.into(), &mut |_, _| {}).unwrap();
-    let options = ServerOptions {
-        max_sessions: 8,
-        ..ServerOptions::new(format!("node {span}"), MODEL_ID)
-    };
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(Arc::new(engine), generate_identity(), listen, options).unwrap();
-    tokio::spawn(server.clone().serve());
-    let hop = Hop {
-        peer_id: server.peer_id(),
-        addr: server.local_addr().unwrap(),
-        span,
-        name: format!("node {span}"),
-        claimed_us: 0,
-    };
-    (server, hop)
-}
-
-fn client() -> (quinn::Endpoint, Keypair) {
-    let key = generate_identity();
-    let endpoint = net::endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
-    (endpoint, key)
-}
-
-fn options(wire_dtype: WireDtype) -> SessionOptions {
-    SessionOptions {
-        model_id: MODEL_ID.into(),
-        sampling: Sampling::default(),
-        wire_dtype,
-        max_tokens: 512,
-        step_timeout: Duration::from_secs(60),
-        logprobs: false,
-        top_logprobs: 0,
-        logit_bias: Vec::new(),
-        swarm_key: None,
-        stop_ids: Vec::new(),
-        verify: 0.0,
-        prompt: Vec::new(),
-    }
-}
+mod common;
+use common::{client, options, start};
 
 async fn remote_greedy(route: &[Hop], wire: WireDtype, prompt: &[u32], n: usize) -> Vec<u32> {
     let (endpoint, key) = client();

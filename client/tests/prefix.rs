@@ -3,20 +3,18 @@
 //! they generate from nothing; a hop that dies afterwards is rebuilt from what the hop before it
 //! kept; another client reuses nothing.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use baton_client::generate::generate;
 use baton_client::remote::{FindHop, Hop, RemoteSession, SessionOptions};
-use baton_node::net::{self, generate_identity, Keypair};
-use baton_node::server::{Server, ServerOptions};
+use baton_node::server::Server;
 use baton_node::{BackendChoice, Engine, ModelFile};
 use baton_protocol::wire::{Sampling, PREFIX_BLOCK};
 use baton_protocol::{Span, WireDtype};
 use baton_tests::demo_model;
 
-const MODEL_ID: &str = "smollm2-135m-test";
+mod common;
+use common::{client, start};
 
 const SYSTEM: &str =
     "You are a careful assistant for a small public library. You answer questions \
@@ -25,42 +23,10 @@ const SYSTEM: &str =
     the staff at the front desk. Children's books are on the ground floor, novels and poetry \
     on the first, and reference works, maps and local newspapers on the second.\n\n";
 
-fn start(model: &ModelFile, span: Span) -> (Arc<Server>, Hop) {
-    let engine = Engine::load(model, span, BackendChoice::Cpu.into(), &mut |_, _| {}).unwrap();
-    let options = ServerOptions::new(format!("node {span}"), MODEL_ID);
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = Server::bind(Arc::new(engine), generate_identity(), listen, options).unwrap();
-    tokio::spawn(server.clone().serve());
-    let hop = Hop {
-        peer_id: server.peer_id(),
-        addr: server.local_addr().unwrap(),
-        span,
-        name: format!("node {span}"),
-        claimed_us: 0,
-    };
-    (server, hop)
-}
-
-fn client() -> (quinn::Endpoint, Keypair) {
-    let key = generate_identity();
-    let endpoint = net::endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
-    (endpoint, key)
-}
-
 fn options(prompt: &[u32]) -> SessionOptions {
     SessionOptions {
-        model_id: MODEL_ID.into(),
-        sampling: Sampling::default(),
-        wire_dtype: WireDtype::F32,
-        max_tokens: 512,
-        step_timeout: Duration::from_secs(60),
-        logprobs: false,
-        top_logprobs: 0,
-        logit_bias: Vec::new(),
-        swarm_key: None,
-        stop_ids: Vec::new(),
-        verify: 0.0,
         prompt: prompt.to_vec(),
+        ..common::options(WireDtype::F32)
     }
 }
 

@@ -396,6 +396,20 @@ impl ServeProcess {
         }
     }
 
+    /// `baton serve` over one local node on the demo model, with `extra` arguments.
+    pub fn one_node(extra: &[&str]) -> ServeProcess {
+        let model = demo_model();
+        let mut args = vec![
+            "--local",
+            "--nodes",
+            "1",
+            "--model",
+            model.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ServeProcess::start(&args)
+    }
+
     /// POSTs `body` (raw) to `path`: (HTTP status, body).
     pub fn post_raw(&self, path: &str, body: &str) -> (u16, String) {
         curl(&[

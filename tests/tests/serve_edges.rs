@@ -2,7 +2,7 @@
 //! bad messages are refused, a body too large gets a 413 in OpenAI's shape, a completion
 //! prompt may be token ids, and log-probabilities and logit biases are those of the model.
 
-use baton_tests::{cases, curl, demo_model, fixtures_dir, tensor_f32, ServeProcess};
+use baton_tests::{cases, curl, fixtures_dir, tensor_f32, ServeProcess};
 use serde_json::{json, Value};
 
 fn error_of(status: u16, v: &Value, want_status: u16, param: &str) {
@@ -14,21 +14,9 @@ fn error_of(status: u16, v: &Value, want_status: u16, param: &str) {
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 }
 
-/// `baton serve` over one node in its own process, on the demo model.
-fn one_node_server() -> ServeProcess {
-    let model = demo_model();
-    ServeProcess::start(&[
-        "--local",
-        "--nodes",
-        "1",
-        "--model",
-        model.to_str().unwrap(),
-    ])
-}
-
 #[test]
 fn the_api_refuses_what_it_does_not_do_and_takes_token_ids() {
-    let server = one_node_server();
+    let server = ServeProcess::one_node(&[]);
     let user = json!([{"role": "user", "content": "Hi"}]);
 
     // Parameters an agent relies on are refused by name, not ignored.
@@ -133,7 +121,7 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 
 #[test]
 fn logprobs_are_the_models_and_logit_bias_moves_the_choice() {
-    let server = one_node_server();
+    let server = ServeProcess::one_node(&[]);
     let case = cases()
         .unwrap()
         .into_iter()

@@ -2,7 +2,7 @@
 //! system prompt reports the reused tokens as cached, the node's metrics count them, and its
 //! answer is exactly the one a server that reuses nothing gives.
 
-use baton_tests::{curl, demo_model, ServeProcess};
+use baton_tests::{curl, ServeProcess};
 use serde_json::{json, Value};
 
 const SYSTEM: &str = "You are the help desk of a small public library. You answer questions \
@@ -13,16 +13,7 @@ const SYSTEM: &str = "You are the help desk of a small public library. You answe
     opens at nine and closes at six, and on Sundays it opens at noon.";
 
 fn server(prefix_cache_tokens: &str) -> ServeProcess {
-    let model = demo_model();
-    ServeProcess::start(&[
-        "--local",
-        "--nodes",
-        "1",
-        "--model",
-        model.to_str().unwrap(),
-        "--prefix-cache-tokens",
-        prefix_cache_tokens,
-    ])
+    ServeProcess::one_node(&["--prefix-cache-tokens", prefix_cache_tokens])
 }
 
 fn ask(server: &ServeProcess, question: &str) -> Value {
