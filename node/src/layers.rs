@@ -8,6 +8,7 @@ use crate::arch::{ModelConfig, Rope};
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
 use crate::model::ModelFile;
+use crate::moe::MoeMlp;
 use crate::pass::Pass;
 
 /// One decoder block: reads the residual stream `x` of a pass and adds its contribution in
@@ -53,6 +54,21 @@ impl<B: Backend> Loader<'_, B> {
     pub fn norm(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
         let v = self.model.norm_weight(&self.name(part, "weight"), n)?;
         Ok(self.backend.vector(&v)?)
+    }
+
+    /// Expert `e` of `experts`' weight `[cols → rows]` ([`ModelFile::expert`]).
+    pub fn expert(
+        &self,
+        part: &str,
+        e: usize,
+        experts: usize,
+        cols: usize,
+        rows: usize,
+    ) -> Result<B::Weight, Error> {
+        let t = self
+            .model
+            .expert(self.block, part, e, experts, [cols, rows])?;
+        Ok(self.backend.weight(&t)?)
     }
 
     pub fn bias(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
@@ -223,12 +239,21 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     pub fn load(l: &Loader<B>, act: Activation) -> Result<Self, Error> {
         let (h, f) = (l.config.hidden, l.config.intermediate);
-        Ok(Mlp {
-            gate: l.weight("ffn_gate", h, f)?,
-            up: l.weight("ffn_up", h, f)?,
-            down: l.weight("ffn_down", f, h)?,
+        Ok(Mlp::new(
+            l.weight("ffn_gate", h, f)?,
+            l.weight("ffn_up", h, f)?,
+            l.weight("ffn_down", f, h)?,
             act,
-        })
+        ))
+    }
+
+    pub fn new(gate: B::Weight, up: B::Weight, down: B::Weight, act: Activation) -> Self {
+        Mlp {
+            gate,
+            up,
+            down,
+            act,
+        }
     }
 
     /// Over the rows of a pass whose first `decode` rows are decode steps'.
@@ -245,12 +270,35 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
-/// The Llama family's block: `x += attn(norm(x))`, then `x += mlp(norm(x))`.
+/// A block's feed-forward: one MLP, or a mixture of experts.
+pub enum Ffn<B: Backend> {
+    Dense(Mlp<B>),
+    Moe(MoeMlp<B>),
+}
+
+impl<B: Backend> Ffn<B> {
+    /// The block's mixture of experts when the config makes it one, else its MLP.
+    pub fn load(l: &Loader<B>, act: Activation) -> Result<Self, Error> {
+        match &l.config.moe {
+            Some(moe) if moe.is_moe(l.block) => Ok(Ffn::Moe(MoeMlp::load(l, moe)?)),
+            _ => Ok(Ffn::Dense(Mlp::load(l, act)?)),
+        }
+    }
+
+    pub fn forward(&self, be: &B, xn: &B::Act, decode: usize) -> Result<B::Act, RunError> {
+        match self {
+            Ffn::Dense(m) => m.forward(be, xn, decode),
+            Ffn::Moe(m) => m.forward(be, xn, decode),
+        }
+    }
+}
+
+/// The Llama family's block: `x += attn(norm(x))`, then `x += ffn(norm(x))`.
 pub struct PreNormBlock<B: Backend> {
     pub attn_norm: B::Vector,
     pub attn: Attention<B>,
     pub ffn_norm: B::Vector,
-    pub mlp: Mlp<B>,
+    pub mlp: Ffn<B>,
     pub eps: f32,
 }
 

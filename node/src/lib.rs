@@ -20,6 +20,7 @@ pub mod join;
 pub mod layers;
 pub mod metrics;
 pub mod model;
+pub mod moe;
 pub mod net;
 pub mod pass;
 pub mod prefix;

@@ -60,6 +60,24 @@ impl TensorRef {
         QTensor::new(self.dtype, self.rows(), self.cols(), self.bytes())
     }
 
+    /// Part `i` of `n` equal parts along the slowest dimension: one expert of a GGUF tensor
+    /// that stacks them (`[cols, rows, experts]`).
+    fn part(&self, i: usize, n: usize) -> Option<TensorRef> {
+        let (&last, inner) = self.dims.split_last()?;
+        if last != n || i >= n || !self.len.is_multiple_of(n) {
+            return None;
+        }
+        let len = self.len / n;
+        Some(TensorRef {
+            name: format!("{}[{i}]", self.name),
+            dtype: self.dtype,
+            dims: inner.to_vec(),
+            map: self.map.clone(),
+            offset: self.offset + i * len,
+            len,
+        })
+    }
+
     /// Values of a small f32/f16/bf16 tensor (a norm's weight) as f32.
     pub fn to_f32(&self) -> Result<Vec<f32>, QuantError> {
         let m = self.matrix()?;
@@ -201,6 +219,31 @@ impl ModelFile {
             });
         }
         Ok(t)
+    }
+
+    /// Expert `e` of `experts` in block `block`, `[cols, rows]`: its own tensor
+    /// (`blk.{block}.{part}.{e}.weight`, as Hugging Face folders and early GGUF conversions
+    /// store experts) or its slice of the stacked `blk.{block}.{part}_exps.weight`.
+    pub fn expert(
+        &self,
+        block: usize,
+        part: &str,
+        e: usize,
+        experts: usize,
+        want: [usize; 2],
+    ) -> Result<TensorRef, LoadError> {
+        let own = format!("blk.{block}.{part}.{e}.weight");
+        if self.tensors.contains_key(&own) {
+            return self.tensor(&own, &want).cloned();
+        }
+        let stacked = format!("blk.{block}.{part}_exps.weight");
+        let t = self.tensor(&stacked, &[want[0], want[1], experts])?;
+        t.part(e, experts).ok_or_else(|| LoadError::Shape {
+            path: self.path.clone(),
+            tensor: stacked,
+            got: t.dims.clone(),
+            want: vec![want[0], want[1], experts],
+        })
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer, LoadError> {

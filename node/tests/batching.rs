@@ -1,9 +1,10 @@
 //! Passes over several sessions: each session's output is exactly what it gets alone, on every
-//! backend, for sessions that join and leave between passes with prompts of different lengths.
+//! backend, for sessions that join and leave between passes with prompts of different lengths;
+//! in mixtures of experts too, where the tokens an expert sees depend on the other sessions.
 
 use baton_node::{BackendChoice, Cache, Engine, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
-use baton_tests::demo_model;
+use baton_tests::{demo_model, fixtures_dir};
 
 /// The greedy token of a head's logits; for a span without head, a token picked from its
 /// hidden states as deterministically.
@@ -11,8 +12,9 @@ fn argmax(row: &[f32]) -> u32 {
     baton_node::sampling::top_k(row, 1)[0].0 % 49_152
 }
 
-/// Prompts of different lengths (decode-sized ones among them), cut from the demo fixtures.
-fn prompts(n: usize) -> Vec<Vec<u32>> {
+/// Prompts of different lengths (decode-sized ones among them), cut from the demo fixtures,
+/// their ids folded into a vocabulary of `vocab`.
+fn prompts(n: usize, vocab: u32) -> Vec<Vec<u32>> {
     let cases = baton_tests::cases().unwrap();
     let all: Vec<u32> = cases.iter().flat_map(|c| c.all_ids.clone()).collect();
     let lens = [9, 1, 40, 3, 17, 2, 120, 5];
@@ -20,7 +22,7 @@ fn prompts(n: usize) -> Vec<Vec<u32>> {
         .map(|i| {
             let len = lens[i % lens.len()];
             let from = (i * 13) % (all.len() - len);
-            all[from..from + len].to_vec()
+            all[from..from + len].iter().map(|t| t % vocab).collect()
         })
         .collect()
 }
@@ -86,15 +88,26 @@ fn batched(engine: &Engine, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<Vec<f
 }
 
 fn check(choice: BackendChoice, span_blocks: u32, sessions: usize, steps: usize) {
-    let model = ModelFile::open(&demo_model()).unwrap();
+    check_model(&demo_model(), choice, span_blocks, sessions, steps);
+}
+
+fn check_model(
+    path: &std::path::Path,
+    choice: BackendChoice,
+    span_blocks: u32,
+    sessions: usize,
+    steps: usize,
+) {
+    let model = ModelFile::open(path).unwrap();
+    let layers = model.config.layers as u32;
     let engine = Engine::load(
         &model,
-        Span::new(0, span_blocks).unwrap_or(Span::full(30)),
+        Span::new(0, span_blocks).unwrap_or(Span::full(layers)),
         choice.into(),
         &mut |_, _| {},
     )
     .unwrap();
-    let prompts = prompts(sessions);
+    let prompts = prompts(sessions, model.config.vocab as u32);
     let together = batched(&engine, &prompts, steps);
     for (i, prompt) in prompts.iter().enumerate() {
         let want = alone(&engine, prompt, steps);
@@ -118,6 +131,25 @@ fn cpu_steps_in_a_pass_compute_as_alone() {
 fn wgpu_steps_in_a_pass_compute_as_alone() {
     // A span without head, to keep lavapipe's share short: its hidden states drive the test.
     check(BackendChoice::Wgpu, 12, 5, 4);
+}
+
+#[test]
+fn cpu_experts_compute_each_step_as_alone() {
+    for name in ["mixtral", "qwen3_moe"] {
+        check_model(
+            &fixtures_dir().join("moe").join(name),
+            BackendChoice::Cpu,
+            4,
+            8,
+            8,
+        );
+    }
+}
+
+#[test]
+fn wgpu_experts_compute_each_step_as_alone() {
+    let path = fixtures_dir().join("moe/mixtral");
+    check_model(&path, BackendChoice::Wgpu, 4, 8, 6);
 }
 
 /// A pass over hidden states (a span without `embed`) and over several spans' caches is

@@ -3,9 +3,12 @@
 //! `qwen3/` (per-head q/k norms, head_dim unlike hidden/heads), `gemma3/` (an 8-token window on
 //! five local layers of six, GELU, norms around attention and MLP, tied head).
 
-use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, Logits, ModelFile, SpanInput};
-use baton_protocol::Span;
-use baton_tests::{fixtures_dir, max_abs_diff, tensor_f32};
+mod reference;
+
+use baton_node::{BackendChoice, EngineOptions, KvDtype, ModelFile};
+use baton_tests::fixtures_dir;
+
+use reference::check_folder;
 
 const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
@@ -22,50 +25,6 @@ fn check(options: EngineOptions, tol: f32) {
         let gguf = fixtures_dir().join(format!("hf-tiny/gguf/{arch}.gguf"));
         check_folder(&gguf, &reference, options, tol);
     }
-}
-
-fn check_folder(
-    dir: &std::path::Path,
-    reference: &std::path::Path,
-    options: EngineOptions,
-    tol: f32,
-) {
-    let model = ModelFile::open(dir).unwrap();
-    let reference = reference.to_path_buf();
-    let ids: Vec<u32> = tensor_f32(&reference, "ids")
-        .unwrap()
-        .iter()
-        .map(|x| *x as u32)
-        .collect();
-    let want = tensor_f32(&reference, "logits").unwrap();
-    let span = Span::full(model.config.layers as u32);
-    let engine = Engine::load(&model, span, options, &mut |_, _| {}).unwrap();
-    let mut cache = engine.new_cache().unwrap();
-    // Prefill in two pieces, then decode the rest one by one: every path of the runtime.
-    let mut got = Vec::new();
-    for part in [&ids[..20], &ids[20..30]] {
-        got.extend(cache.forward(SpanInput::Tokens(part), Logits::All).unwrap());
-    }
-    for id in &ids[30..] {
-        got.extend(
-            cache
-                .forward(SpanInput::Tokens(&[*id]), Logits::Last)
-                .unwrap(),
-        );
-    }
-    assert_eq!(got.len(), want.len());
-    let worst = max_abs_diff(&got, &want);
-    eprintln!(
-        "{} {}: worst logit difference {worst:e}",
-        dir.display(),
-        engine.describe()
-    );
-    assert!(
-        worst < tol,
-        "{} {}: logits differ by {worst}",
-        dir.display(),
-        engine.describe()
-    );
 }
 
 #[test]

@@ -92,6 +92,7 @@ impl Common {
             },
             tied_embeddings: self.tie_word_embeddings.unwrap_or(false),
             norm_shift: 0.0,
+            moe: None,
         })
     }
 }
@@ -134,4 +135,17 @@ pub(crate) fn map_names(name: &str, parts: &[(&str, &str)]) -> Option<String> {
         .chain(parts)
         .find(|(hf, _)| *hf == stem)?;
     Some(format!("blk.{idx}.{gguf}.{kind}"))
+}
+
+/// `model.layers.{i}.{experts}{e}.{hf}.weight` → `blk.{i}.{gguf}.{e}.weight` for the experts'
+/// `parts`: one tensor per expert, as Hugging Face folders store them.
+pub(crate) fn expert_name(name: &str, experts: &str, parts: &[(&str, &str)]) -> Option<String> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let (e, stem) = rest.strip_prefix(experts)?.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    let stem = stem.strip_suffix(".weight")?;
+    let (_, gguf) = parts.iter().find(|(hf, _)| *hf == stem)?;
+    Some(format!("blk.{idx}.{gguf}.{e}.weight"))
 }

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use super::{hf, Arch, GgufKeys, ModelConfig, RopeScaling};
 use crate::backend::Backend;
 use crate::error::{Error, LoadError};
-use crate::layers::{Activation, Attention, AttentionOptions, Block, Loader, Mlp, PreNormBlock};
+use crate::layers::{Activation, Attention, AttentionOptions, Block, Ffn, Loader, PreNormBlock};
 use crate::model::ModelFile;
 
 /// The tensors of a block, under GGUF's names without `blk.{i}.`.
@@ -69,7 +69,8 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     hf::map_names(name, &[("post_attention_layernorm", "ffn_norm")])
 }
 
-/// A pre-norm block; Qwen's options (biases, q/k norms) come from the architecture.
+/// A pre-norm block; Qwen's options (biases, q/k norms) and a mixture of experts in place of
+/// the MLP come from the architecture.
 pub fn load_block<B: Backend + 'static>(
     model: &ModelFile,
     c: &ModelConfig,
@@ -84,14 +85,14 @@ pub fn load_block<B: Backend + 'static>(
     };
     let options = AttentionOptions {
         bias: c.arch == Arch::Qwen2,
-        qk_norm: c.arch == Arch::Qwen3,
+        qk_norm: matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe),
         ..AttentionOptions::plain(c)
     };
     Ok(Box::new(PreNormBlock {
         attn_norm: l.norm("attn_norm", c.hidden)?,
         attn: Attention::load(&l, &options)?,
         ffn_norm: l.norm("ffn_norm", c.hidden)?,
-        mlp: Mlp::load(&l, Activation::Silu)?,
+        mlp: Ffn::load(&l, Activation::Silu)?,
         eps: c.rms_eps,
     }))
 }

@@ -6,11 +6,15 @@
 //! - [`llama`]: Llama 2/3/3.1/3.2, Mistral, SmolLM.
 //! - [`qwen`]: Qwen2/2.5 (biases on q, k, v) and Qwen3 (per-head q/k norms).
 //! - [`gemma3`]: Gemma 3 (sliding-window layers, GELU, norms around attention and MLP).
+//! - [`mixtral`]: Mixtral (Llama with a mixture of experts).
+//! - [`qwen3_moe`]: Qwen3-MoE (Qwen3 with a mixture of experts).
 
 pub mod gemma3;
 mod hf;
 pub mod llama;
+pub mod mixtral;
 pub mod qwen;
+pub mod qwen3_moe;
 pub mod rope;
 
 use std::path::Path;
@@ -20,6 +24,7 @@ use crate::error::{Error, LoadError};
 use crate::gguf::{GgufFile, Value};
 use crate::layers::Block;
 use crate::model::ModelFile;
+use crate::moe::MoeConfig;
 
 pub use gemma3::Gemma3;
 pub use rope::{Rope, RopeScaling};
@@ -33,6 +38,10 @@ pub enum Arch {
     /// Qwen3: RMSNorm per head on q and k before RoPE.
     Qwen3,
     Gemma3(Gemma3),
+    /// Llama with a mixture of experts.
+    Mixtral,
+    /// Qwen3 with a mixture of experts.
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -42,13 +51,15 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Gemma3(_) => "gemma3",
+            Arch::Mixtral => "mixtral",
+            Arch::Qwen3Moe => "qwen3moe",
         }
     }
 }
 
 /// The GGUF `general.architecture` values and Hugging Face `model_type`s Baton runs.
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3 (Hugging Face model_type: \
-     llama, mistral, qwen2, qwen3, gemma3_text)";
+pub const SUPPORTED: &str = "llama (Mixtral too), mistral, qwen2, qwen3, qwen3moe, gemma3 \
+     (Hugging Face model_type: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma3_text)";
 
 /// The numbers of a decoder-only transformer, from GGUF metadata or `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +79,8 @@ pub struct ModelConfig {
     /// Added to every RMSNorm weight on load. Gemma's checkpoints store `w` for a norm that
     /// multiplies by `1 + w`; its GGUF conversions store the sum already.
     pub norm_shift: f32,
+    /// The mixture-of-experts layers' shape, for an architecture that has them.
+    pub moe: Option<MoeConfig>,
 }
 
 impl ModelConfig {
@@ -114,13 +127,23 @@ impl ModelConfig {
             return Err(bad("the context length is zero".into()));
         }
         self.rope.check(self.head_dim).map_err(bad)?;
+        if let Some(moe) = &self.moe {
+            moe.check().map_err(bad)?;
+            if moe.dense.iter().any(|&l| l >= self.layers) {
+                return Err(bad("a dense layer past the last layer".into()));
+            }
+        }
         Ok(self)
     }
 
     pub fn from_gguf(g: &GgufFile) -> Result<Self, LoadError> {
         let arch = g.get_str("general.architecture").unwrap_or("").to_string();
         let config = match arch.as_str() {
+            "llama" if g.get_u64("llama.expert_count").is_ok_and(|n| n > 0) => {
+                mixtral::from_gguf(g)?
+            }
             "llama" | "mistral" => llama::from_gguf(g, &arch)?,
+            "qwen3moe" => qwen3_moe::from_gguf(g)?,
             "qwen2" | "qwen3" => qwen::from_gguf(g, &arch)?,
             "gemma3" => gemma3::from_gguf(g)?,
             _ => {
@@ -145,6 +168,8 @@ impl ModelConfig {
             .to_string();
         let config = match model_type.as_str() {
             "llama" | "mistral" => llama::from_hf(path, &raw)?,
+            "mixtral" => mixtral::from_hf(path, &raw)?,
+            "qwen3_moe" => qwen3_moe::from_hf(path, &raw)?,
             "qwen2" | "qwen3" => qwen::from_hf(path, &raw, &model_type)?,
             "gemma3_text" | "gemma3" => gemma3::from_hf(path, &raw)?,
             _ => {
@@ -166,6 +191,8 @@ impl ModelConfig {
     pub fn hf_to_gguf(&self, hf: &str) -> Option<String> {
         match self.arch {
             Arch::Gemma3(_) => gemma3::hf_to_gguf(hf),
+            Arch::Mixtral => mixtral::hf_to_gguf(hf),
+            Arch::Qwen3Moe => qwen3_moe::hf_to_gguf(hf),
             _ => llama::hf_to_gguf(hf),
         }
     }
@@ -182,6 +209,8 @@ impl ModelConfig {
                 Arch::Llama => llama::BLOCK_TENSORS.contains(&part),
                 Arch::Qwen2 | Arch::Qwen3 => qwen::block_tensors(&self.arch).contains(&part),
                 Arch::Gemma3(_) => gemma3::BLOCK_TENSORS.contains(&part),
+                Arch::Mixtral => mixtral::uses_part(self, part),
+                Arch::Qwen3Moe => qwen3_moe::uses_part(self, part),
             },
             None => {
                 matches!(
@@ -200,7 +229,9 @@ impl ModelConfig {
         backend: &B,
     ) -> Result<Box<dyn Block<B>>, Error> {
         match &self.arch {
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => llama::load_block(model, self, i, backend),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mixtral | Arch::Qwen3Moe => {
+                llama::load_block(model, self, i, backend)
+            }
             Arch::Gemma3(g) => gemma3::load_block(model, self, g, i, backend),
         }
     }
@@ -339,6 +370,7 @@ impl<'a> GgufKeys<'a> {
             rope,
             tied_embeddings: !g.tensors.contains_key("output.weight"),
             norm_shift: 0.0,
+            moe: None,
         })
     }
 }

@@ -237,6 +237,39 @@ impl Backend for CpuBackend {
             width,
         })
     }
+
+    fn gather(&self, x: &CpuAct, idx: &[u32], scale: Option<&[f32]>) -> Result<CpuAct, RunError> {
+        check_gather(idx, scale, self.tokens(x))?;
+        let w = x.width;
+        let mut data = Vec::with_capacity(idx.len() * w);
+        for (r, &i) in idx.iter().enumerate() {
+            let row = &x.data[i as usize * w..(i as usize + 1) * w];
+            match scale {
+                Some(s) => data.extend(row.iter().map(|v| v * s[r])),
+                None => data.extend_from_slice(row),
+            }
+        }
+        Ok(CpuAct { data, width: w })
+    }
+}
+
+/// Refuses a gather of rows that `x` lacks, or with a scale count unlike the row count.
+pub(super) fn check_gather(
+    idx: &[u32],
+    scale: Option<&[f32]>,
+    tokens: usize,
+) -> Result<(), RunError> {
+    if let Some(&i) = idx.iter().find(|&&i| i as usize >= tokens) {
+        return Err(out_of_rows(i as usize, 1, tokens));
+    }
+    match scale {
+        Some(s) if s.len() != idx.len() => Err(RunError::Backend(format!(
+            "{} scales for {} rows",
+            s.len(),
+            idx.len()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn out_of_rows(start: usize, rows: usize, tokens: usize) -> RunError {

@@ -250,4 +250,17 @@ impl Backend for GpuBackend {
         }
         Ok(self.act(out, width))
     }
+
+    fn gather(&self, x: &GpuAct, idx: &[u32], scale: Option<&[f32]>) -> Result<GpuAct, RunError> {
+        super::cpu::check_gather(idx, scale, self.tokens(x))?;
+        let ones;
+        let scale = match scale {
+            Some(s) => s,
+            None => {
+                ones = vec![1f32; idx.len()];
+                &ones
+            }
+        };
+        Ok(self.act(self.gpu.gather(&x.t, x.width, idx, scale), x.width))
+    }
 }

@@ -88,4 +88,13 @@ pub trait Backend: Send + Sync {
     fn rows(&self, x: &Self::Act, start: usize, rows: usize) -> Result<Self::Act, RunError>;
     /// The rows of `parts`, one after the other.
     fn concat(&self, parts: &[Self::Act]) -> Result<Self::Act, RunError>;
+    /// Rows `idx` of `x` in that order, row `r` multiplied by `scale[r]` when scales are given:
+    /// the tokens a mixture-of-experts layer routes to one expert, and the experts' weighted
+    /// outputs gathered back in token order.
+    fn gather(
+        &self,
+        x: &Self::Act,
+        idx: &[u32],
+        scale: Option<&[f32]>,
+    ) -> Result<Self::Act, RunError>;
 }

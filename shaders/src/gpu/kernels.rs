@@ -22,6 +22,7 @@ pub(super) fn source(name: &str) -> (&'static str, &'static str) {
         "gelu_mul" => (include_str!("../../wgsl/elementwise.wgsl"), "gelu_mul"),
         "add_rows" => (include_str!("../../wgsl/elementwise.wgsl"), "add_rows"),
         "scale" => (include_str!("../../wgsl/elementwise.wgsl"), "scale"),
+        "gather" => (include_str!("../../wgsl/gather.wgsl"), "main"),
         other => unreachable!("no kernel named {other}"),
     }
 }
@@ -243,5 +244,23 @@ impl Gpu {
     pub fn add(&self, x: &GpuTensor, y: &GpuTensor) {
         let params = [x.len as u32, 0, 0, 0, 0, 0, 0, 0];
         self.dispatch("add", 0, params, &[&x.buf, &y.buf], grid_1d(x.len));
+    }
+
+    /// `out[r] = x[idx[r]] · scale[r]` over rows `width` wide; every index must be below
+    /// `x`'s row count.
+    pub fn gather(&self, x: &GpuTensor, width: usize, idx: &[u32], scale: &[f32]) -> GpuTensor {
+        debug_assert_eq!(idx.len(), scale.len());
+        let out = self.zeros(idx.len() * width);
+        let ib = self.upload_u32(idx);
+        let sb = self.upload(scale);
+        let params = [width as u32, idx.len() as u32, 0, 0, 0, 0, 0, 0];
+        self.dispatch(
+            "gather",
+            0,
+            params,
+            &[&x.buf, &ib, &sb.buf, &out.buf],
+            grid_1d(idx.len() * width),
+        );
+        out
     }
 }
