@@ -243,3 +243,38 @@ fn broken_hugging_face_folders_get_clear_errors() {
     std::fs::remove_file(&shard).unwrap();
     expect_error_naming(&dir, &shard, |e| matches!(e, LoadError::Io { .. }));
 }
+
+/// A mixture of experts whose config and weights disagree, or whose numbers make no sense.
+#[test]
+fn broken_expert_configs_get_clear_errors() {
+    let src = baton_tests::fixtures_dir().join("moe/mixtral");
+    let dir = tmpdir("moe");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let p = dir.join("config.json");
+    let set = |from: &str, to: &str| {
+        assert!(config.contains(from), "{from}");
+        std::fs::write(&p, config.replace(from, to)).unwrap();
+    };
+    set("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 9");
+    expect_error_naming(
+        &dir,
+        &p,
+        |e| matches!(e, LoadError::Config { what, .. } if what.contains("experts per token")),
+    );
+    set("\"num_local_experts\": 8", "\"num_local_experts\": 0");
+    expect_error_naming(
+        &dir,
+        &p,
+        |e| matches!(e, LoadError::Config { what, .. } if what.contains("experts per layer")),
+    );
+    // Experts 4 to 7 are weights no layer reads; a ninth expert has none.
+    set("\"num_local_experts\": 8", "\"num_local_experts\": 4");
+    expect_error_naming(&dir, &dir, |e| matches!(e, LoadError::UnusedTensor { .. }));
+    set("\"num_local_experts\": 8", "\"num_local_experts\": 9");
+    expect_error_naming(&dir, &dir, |e| matches!(e, LoadError::MissingTensor { .. }));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
