@@ -239,21 +239,12 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     pub fn load(l: &Loader<B>, act: Activation) -> Result<Self, Error> {
         let (h, f) = (l.config.hidden, l.config.intermediate);
-        Ok(Mlp::new(
-            l.weight("ffn_gate", h, f)?,
-            l.weight("ffn_up", h, f)?,
-            l.weight("ffn_down", f, h)?,
+        Ok(Mlp {
+            gate: l.weight("ffn_gate", h, f)?,
+            up: l.weight("ffn_up", h, f)?,
+            down: l.weight("ffn_down", f, h)?,
             act,
-        ))
-    }
-
-    pub fn new(gate: B::Weight, up: B::Weight, down: B::Weight, act: Activation) -> Self {
-        Mlp {
-            gate,
-            up,
-            down,
-            act,
-        }
+        })
     }
 
     /// Over the rows of a pass whose first `decode` rows are decode steps'.
@@ -285,10 +276,10 @@ impl<B: Backend> Ffn<B> {
         }
     }
 
-    pub fn forward(&self, be: &B, xn: &B::Act, decode: usize) -> Result<B::Act, RunError> {
+    pub fn forward(&self, be: &B, xn: &B::Act, pass: &Pass) -> Result<B::Act, RunError> {
         match self {
-            Ffn::Dense(m) => m.forward(be, xn, decode),
-            Ffn::Moe(m) => m.forward(be, xn, decode),
+            Ffn::Dense(m) => m.forward(be, xn, pass.decode_rows()),
+            Ffn::Moe(m) => m.forward(be, xn, pass),
         }
     }
 }
@@ -314,7 +305,7 @@ impl<B: Backend> Block<B> for PreNormBlock<B> {
         let o = self.attn.forward(be, &xn, kvs, pass)?;
         be.add(x, &o)?;
         let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
-        let d = self.mlp.forward(be, &xn, pass.decode_rows())?;
+        let d = self.mlp.forward(be, &xn, pass)?;
         be.add(x, &d)
     }
 }

@@ -258,6 +258,30 @@ impl ModelFile {
         self.tensors.values().map(|t| t.len).sum()
     }
 
+    /// Bytes of the weights one token's decode step reads: every weight, but of a mixture of
+    /// experts only the share of the experts a token uses (`used / experts` of them).
+    pub fn active_weight_bytes(&self) -> usize {
+        let Some(moe) = &self.config.moe else {
+            return self.weight_bytes();
+        };
+        self.tensors
+            .values()
+            .map(|t| {
+                let part = t
+                    .name
+                    .strip_prefix("blk.")
+                    .and_then(|r| r.split_once('.'))
+                    .map(|(_, p)| p);
+                match part {
+                    Some(p) if p != "ffn_gate_inp.weight" && moe.uses_part(p) => {
+                        t.len * moe.used / moe.experts
+                    }
+                    _ => t.len,
+                }
+            })
+            .sum()
+    }
+
     /// BLAKE3 of the bytes of the model's files (for a folder: `config.json`, then the shards
     /// in name order), hex.
     pub fn content_hash(&self) -> Result<String, LoadError> {

@@ -9,7 +9,8 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
-use crate::layers::{Activation, Loader, Mlp};
+use crate::layers::Loader;
+use crate::pass::{is_decode, Pass};
 
 /// Most experts per layer a config may declare (DeepSeek-V3 has 256).
 pub const MAX_EXPERTS: usize = 1024;
@@ -119,10 +120,48 @@ pub fn route(
         .collect()
 }
 
-/// A mixture-of-experts feed-forward: the router (`ffn_gate_inp`) and the experts' MLPs.
+/// Each expert's rows of `pass`, in two groups each in pass order: first those it computes as
+/// decode, then those it computes by GEMM, and how many the first are. A step's rows routed to
+/// one expert take GEMM when they are [`GEMM_MIN_TOKENS`] or more, which depends on that step
+/// alone and never on the other steps of the pass; so do the rows of each path.
+pub fn expert_rows(
+    chosen: &[Vec<(u32, f32)>],
+    pass: &Pass,
+    experts: usize,
+) -> Vec<(Vec<u32>, usize)> {
+    let mut dot: Vec<Vec<u32>> = vec![Vec::new(); experts];
+    let mut gemm: Vec<Vec<u32>> = vec![Vec::new(); experts];
+    let mut step: Vec<Vec<u32>> = vec![Vec::new(); experts];
+    for seg in pass.segments() {
+        for t in seg.start..seg.start + seg.len {
+            for &(e, _) in chosen.get(t).map_or(&[][..], |c| &c[..]) {
+                step[e as usize].push(t as u32);
+            }
+        }
+        for (e, rows) in step.iter_mut().enumerate() {
+            let to = if is_decode(rows.len()) {
+                &mut dot[e]
+            } else {
+                &mut gemm[e]
+            };
+            to.append(rows);
+        }
+    }
+    dot.into_iter()
+        .zip(gemm)
+        .map(|(mut d, g)| {
+            let decode = d.len();
+            d.extend(g);
+            (d, decode)
+        })
+        .collect()
+}
+
+/// A mixture-of-experts feed-forward: the router (`ffn_gate_inp`) and each expert's gate, up
+/// and down weights.
 pub struct MoeMlp<B: Backend> {
     router: B::Weight,
-    experts: Vec<Mlp<B>>,
+    experts: Vec<[B::Weight; 3]>,
     used: usize,
     routing: Routing,
 }
@@ -133,12 +172,11 @@ impl<B: Backend> MoeMlp<B> {
         let experts = (0..moe.experts)
             .map(|e| {
                 let w = |part, cols, rows| l.expert(part, e, moe.experts, cols, rows);
-                Ok(Mlp::new(
+                Ok([
                     w("ffn_gate", h, moe.ffn)?,
                     w("ffn_up", h, moe.ffn)?,
                     w("ffn_down", moe.ffn, h)?,
-                    Activation::Silu,
-                ))
+                ])
             })
             .collect::<Result<_, Error>>()?;
         Ok(MoeMlp {
@@ -149,45 +187,85 @@ impl<B: Backend> MoeMlp<B> {
         })
     }
 
-    /// Over the rows of a pass whose first `decode` rows are decode steps'. Each expert sees
-    /// its tokens in pass order, so its own first rows are decode rows too, and every token is
-    /// computed as its step alone computes it.
-    pub fn forward(&self, be: &B, xn: &B::Act, decode: usize) -> Result<B::Act, RunError> {
+    /// Over the rows of `pass`. Each token is computed as its step alone computes it: see
+    /// [`expert_rows`]. The experts' products run together, one pass for gate and up and one
+    /// for down.
+    pub fn forward(&self, be: &B, xn: &B::Act, pass: &Pass) -> Result<B::Act, RunError> {
         let n = self.experts.len();
-        let logits = be.linear(&[&self.router], xn, decode)?.remove(0);
+        let logits = be
+            .linear(&[&self.router], xn, pass.decode_rows())?
+            .remove(0);
         let chosen = route(&be.download(&logits)?, n, self.used, self.routing);
-        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (t, c) in chosen.iter().enumerate() {
-            for &(e, _) in c {
-                tokens[e as usize].push(t as u32);
-            }
+        if chosen.len() != pass.tokens() {
+            return Err(RunError::Backend(format!(
+                "{} routed rows in a pass of {}",
+                chosen.len(),
+                pass.tokens()
+            )));
         }
-        // The experts' outputs one after the other; `first[e]` is where expert e's begin.
-        let mut outs = Vec::new();
-        let mut first = vec![0u32; n];
+        // The experts with rows, their inputs and decode rows; where each token's slots land
+        // among all the experts' outputs, one expert's after another's.
+        let mut active = Vec::new();
+        let mut slot_at = vec![vec![0u32; self.used]; chosen.len()];
         let mut at = 0;
-        for (e, rows) in tokens.iter().enumerate() {
+        for (e, (rows, decode)) in expert_rows(&chosen, pass, n).into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
-            first[e] = at;
-            at += rows.len() as u32;
-            let x = be.gather(xn, rows, None)?;
-            let decode = rows.iter().take_while(|&&t| (t as usize) < decode).count();
-            outs.push(self.experts[e].forward(be, &x, decode)?);
+            for &t in &rows {
+                let c = &chosen[t as usize];
+                let s = c.iter().position(|&(x, _)| x as usize == e).unwrap_or(0);
+                slot_at[t as usize][s] = at;
+                at += 1;
+            }
+            let x = be.gather(xn, &rows, None)?;
+            active.push((e, x, decode));
         }
+        let gate_up: Vec<[&B::Weight; 2]> = active
+            .iter()
+            .map(|(e, _, _)| [&self.experts[*e][0], &self.experts[*e][1]])
+            .collect();
+        let groups: Vec<_> = active
+            .iter()
+            .zip(&gate_up)
+            .map(|((_, x, d), ws)| (&ws[..], x, *d))
+            .collect();
+        let mut hidden = Vec::with_capacity(active.len());
+        for gu in be.linear_groups(&groups)? {
+            let mut gu = gu.into_iter();
+            let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
+                return Err(RunError::Backend("linear returned too few outputs".into()));
+            };
+            be.silu_mul(&mut g, &u)?;
+            hidden.push(g);
+        }
+        let down: Vec<[&B::Weight; 1]> = active
+            .iter()
+            .map(|(e, _, _)| [&self.experts[*e][2]])
+            .collect();
+        let groups: Vec<_> = active
+            .iter()
+            .zip(&down)
+            .zip(&hidden)
+            .map(|(((_, _, d), ws), h)| (&ws[..], h, *d))
+            .collect();
+        let outs: Vec<B::Act> = be
+            .linear_groups(&groups)?
+            .into_iter()
+            .filter_map(|mut o| o.pop())
+            .collect();
         let ys = be.concat(&outs)?;
         // Slot s of every token: its s-th expert's output row, weighted; the slots add up in
         // expert order.
-        let mut next = first;
-        let mut slots = vec![(Vec::new(), Vec::new()); self.used];
-        for c in &chosen {
-            for (s, &(e, w)) in c.iter().enumerate() {
-                slots[s].0.push(next[e as usize]);
-                slots[s].1.push(w);
-                next[e as usize] += 1;
-            }
-        }
+        let slots: Vec<(Vec<u32>, Vec<f32>)> = (0..self.used)
+            .map(|s| {
+                chosen
+                    .iter()
+                    .zip(&slot_at)
+                    .map(|(c, at)| (at[s], c[s].1))
+                    .unzip()
+            })
+            .collect();
         let mut out: Option<B::Act> = None;
         for (idx, weights) in &slots {
             let y = be.gather(&ys, idx, Some(weights))?;
@@ -239,5 +317,23 @@ mod tests {
         .check()
         .is_err());
         assert!(MoeConfig { experts: 0, ..moe }.check().is_err());
+    }
+
+    #[test]
+    fn an_experts_few_rows_of_a_long_step_take_the_decode_path() {
+        // A decode step (row 0), then a 30-row step: rows 1..26 to expert 0 (GEMM), the last
+        // five to expert 1 (too few for GEMM); every row also goes to expert 2.
+        let pass = Pass::new([(1, 7), (30, 0)]).unwrap();
+        let chosen: Vec<Vec<(u32, f32)>> = (0..31)
+            .map(|t| {
+                let first = if t == 0 || t > 25 { 1 } else { 0 };
+                vec![(first, 0.5), (2, 0.5)]
+            })
+            .collect();
+        let rows = expert_rows(&chosen, &pass, 4);
+        assert_eq!(rows[0], ((1..26).collect::<Vec<u32>>(), 0));
+        assert_eq!(rows[1], (vec![0, 26, 27, 28, 29, 30], 6));
+        assert_eq!(rows[2], ((0..31).collect::<Vec<u32>>(), 1));
+        assert!(rows[3].0.is_empty());
     }
 }

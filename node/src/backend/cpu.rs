@@ -140,6 +140,55 @@ impl Backend for CpuBackend {
             .collect())
     }
 
+    fn linear_groups(
+        &self,
+        groups: &[(&[&TensorRef], &CpuAct, usize)],
+    ) -> Result<Vec<Vec<CpuAct>>, RunError> {
+        let mut mats = Vec::with_capacity(groups.len());
+        for (ws, x, decode) in groups {
+            if *decode > self.tokens(x) {
+                return Err(RunError::Backend(format!(
+                    "{decode} decode rows of {}",
+                    self.tokens(x)
+                )));
+            }
+            mats.push(
+                ws.iter()
+                    .map(|w| w.matrix())
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        let products: Vec<cpu::Product> = groups
+            .iter()
+            .zip(&mats)
+            .map(|((_, x, decode), ws)| cpu::Product {
+                ws,
+                x: &x.data,
+                tokens: self.tokens(x),
+                decode: *decode,
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = products
+            .iter()
+            .flat_map(|p| p.ws.iter().map(|m| vec![0f32; p.tokens * m.rows]))
+            .collect();
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        cpu::matmul_groups(&products, &mut refs);
+        let mut outs = outs.into_iter();
+        Ok(products
+            .iter()
+            .map(|p| {
+                p.ws.iter()
+                    .zip(outs.by_ref())
+                    .map(|(m, data)| CpuAct {
+                        data,
+                        width: m.rows,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
     fn rope(
         &self,
         x: &mut CpuAct,

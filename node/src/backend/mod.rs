@@ -55,6 +55,18 @@ pub trait Backend: Send + Sync {
         x: &Self::Act,
         decode: usize,
     ) -> Result<Vec<Self::Act>, RunError>;
+    /// [`Backend::linear`] of several inputs, each `(weights, input, decode rows)`, in one pass
+    /// where the backend can (the experts of a mixture, each over its own tokens); each
+    /// computes exactly as `linear` alone.
+    fn linear_groups(
+        &self,
+        groups: &[(&[&Self::Weight], &Self::Act, usize)],
+    ) -> Result<Vec<Vec<Self::Act>>, RunError> {
+        groups
+            .iter()
+            .map(|(ws, x, decode)| self.linear(ws, x, *decode))
+            .collect()
+    }
     /// RoPE in place at positions `pos0..`, with the inverse frequencies `inv` and the result
     /// scaled by `factor`.
     fn rope(

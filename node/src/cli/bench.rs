@@ -100,9 +100,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         tg.push((a.gen_tokens * a.batch) as f64 / d);
     }
     let (pp, tg) = (median(pp), median(tg));
-    // A decode step reads every weight once; the embedding table only for its one row, unless
-    // it is also the tied head.
-    let bytes = model.weight_bytes()
+    // A decode step reads every weight once, of a mixture of experts only the experts a token
+    // uses; the embedding table only for its one row, unless it is also the tied head.
+    let bytes = model.active_weight_bytes()
         - if cfg.tied_embeddings {
             0
         } else {
@@ -141,8 +141,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.runs
     );
     println!(
-        "weights   {:>9.1} MiB read per token",
-        bytes as f64 / (1 << 20) as f64
+        "weights   {:>9.1} MiB read per token{}",
+        bytes as f64 / (1 << 20) as f64,
+        match &cfg.moe {
+            Some(m) => format!(" ({} of {} experts)", m.used, m.experts),
+            None => String::new(),
+        }
     );
     println!("bandwidth {:>9.2} GB/s implied by decode", bandwidth / 1e9);
     println!("peak RSS  {:>9.1} MiB", peak as f64 / (1 << 20) as f64);

@@ -61,48 +61,91 @@ pub fn matmul_batch(
     decode: usize,
     ys: &mut [&mut [f32]],
 ) {
-    assert_eq!(ws.len(), ys.len());
-    assert!(decode <= tokens, "more decode tokens than tokens");
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        assert_eq!(x.len(), tokens * w.cols, "input is not [tokens, cols]");
-        assert_eq!(y.len(), tokens * w.rows, "output is not [tokens, rows]");
+    matmul_groups(
+        &[Product {
+            ws,
+            x,
+            tokens,
+            decode,
+        }],
+        ys,
+    );
+}
+
+/// One product of [`matmul_groups`]: weights over one input, as [`matmul_batch`] takes them.
+pub struct Product<'a> {
+    pub ws: &'a [QTensor<'a>],
+    pub x: &'a [f32],
+    pub tokens: usize,
+    pub decode: usize,
+}
+
+/// Products over different inputs (the experts of a mixture, each over its own tokens) in one
+/// parallel pass, each computed exactly as [`matmul_batch`] computes it alone. `ys` holds the
+/// outputs of every product's weights, product after product.
+pub fn matmul_groups(products: &[Product], ys: &mut [&mut [f32]]) {
+    assert_eq!(
+        products.iter().map(|p| p.ws.len()).sum::<usize>(),
+        ys.len(),
+        "one output per weight"
+    );
+    let mut outs: Vec<SharedOut> = Vec::with_capacity(ys.len());
+    let mut y_at = 0;
+    for p in products {
+        assert!(p.decode <= p.tokens, "more decode tokens than tokens");
+        for w in p.ws {
+            let y = &mut ys[y_at];
+            assert_eq!(p.x.len(), p.tokens * w.cols, "input is not [tokens, cols]");
+            assert_eq!(y.len(), p.tokens * w.rows, "output is not [tokens, rows]");
+            outs.push(SharedOut(y.as_mut_ptr()));
+            y_at += 1;
+        }
     }
     let threads = pool().threads();
-    // (weight, first row, end row, gemm)
-    let mut units: Vec<(usize, usize, usize, bool)> = Vec::new();
-    for (gemm, count) in [(false, decode), (true, tokens - decode)] {
-        if count == 0 {
-            continue;
+    // (product, weight, output, first row, end row, gemm)
+    let mut units: Vec<(usize, usize, usize, usize, usize, bool)> = Vec::new();
+    let mut first_out = 0;
+    for (g, p) in products.iter().enumerate() {
+        for (gemm, count) in [(false, p.decode), (true, p.tokens - p.decode)] {
+            if count == 0 {
+                continue;
+            }
+            for (i, w) in p.ws.iter().enumerate() {
+                let step = if gemm {
+                    GEMM_ROWS
+                } else {
+                    dot_rows(w, threads)
+                };
+                units.extend(
+                    (0..w.rows)
+                        .step_by(step)
+                        .map(|r| (g, i, first_out + i, r, (r + step).min(w.rows), gemm)),
+                );
+            }
         }
-        for (i, w) in ws.iter().enumerate() {
-            let step = if gemm {
-                GEMM_ROWS
-            } else {
-                dot_rows(w, threads)
-            };
-            units.extend(
-                (0..w.rows)
-                    .step_by(step)
-                    .map(|r| (i, r, (r + step).min(w.rows), gemm)),
-            );
-        }
+        first_out += p.ws.len();
     }
-    let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
-    let cols = ws.first().map_or(1, |w| w.cols.max(1));
-    let acts: Vec<Activation> = x[..decode * cols]
-        .chunks(cols)
-        .map(Activation::new)
+    let acts: Vec<Vec<Activation>> = products
+        .iter()
+        .map(|p| {
+            let cols = p.ws.first().map_or(1, |w| w.cols.max(1));
+            p.x[..p.decode * cols]
+                .chunks(cols)
+                .map(Activation::new)
+                .collect()
+        })
         .collect();
     pool().for_each(units.len(), Vec::new, |u, buf| {
-        let (i, r0, r1, gemm) = units[u];
-        let w = &ws[i];
+        let (g, i, o, r0, r1, gemm) = units[u];
+        let p = &products[g];
+        let w = &p.ws[i];
         if gemm {
-            let rest = &x[decode * w.cols..];
+            let rest = &p.x[p.decode * w.cols..];
             // The rows of the GEMM tokens follow the `decode` rows of the others.
-            let out = SharedOut(outs[i].at(decode * w.rows));
-            gemm_tile(w, r0, r1, rest, tokens - decode, out, buf);
+            let out = SharedOut(outs[o].at(p.decode * w.rows));
+            gemm_tile(w, r0, r1, rest, p.tokens - p.decode, out, buf);
         } else {
-            dot_unit(w, r0, r1, outs[i], &acts);
+            dot_unit(w, r0, r1, outs[o], &acts[g]);
         }
     });
 }
@@ -245,6 +288,52 @@ mod tests {
                     "{dtype:?}: the step of {n} tokens at {t0} differs in the batch"
                 );
                 t0 += n;
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_products_compute_each_as_alone() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (rows, cols) = (96, 256);
+        // (tokens, decode) of each product: decode only, GEMM only, both.
+        let shapes = [(3usize, 3usize), (30, 0), (27, 2), (1, 1)];
+        for dtype in [DType::Q4K, DType::Q8_0, DType::F16] {
+            let bytes: Vec<Vec<u8>> = (0..2 * shapes.len())
+                .map(|_| random_rows(&mut rng, dtype, rows, cols))
+                .collect();
+            let ws: Vec<QTensor> = bytes
+                .iter()
+                .map(|b| QTensor::new(dtype, rows, cols, b).unwrap())
+                .collect();
+            let xs: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|&(t, _)| random_acts(&mut rng, t * cols))
+                .collect();
+            let products: Vec<Product> = shapes
+                .iter()
+                .enumerate()
+                .map(|(g, &(tokens, decode))| Product {
+                    ws: &ws[2 * g..2 * g + 2],
+                    x: &xs[g],
+                    tokens,
+                    decode,
+                })
+                .collect();
+            let mut ys: Vec<Vec<f32>> = shapes
+                .iter()
+                .flat_map(|&(t, _)| [vec![0f32; t * rows], vec![0f32; t * rows]])
+                .collect();
+            let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+            matmul_groups(&products, &mut refs);
+            for (g, p) in products.iter().enumerate() {
+                let mut alone = [vec![0f32; p.tokens * rows], vec![0f32; p.tokens * rows]];
+                let [a, b] = &mut alone;
+                matmul_batch(p.ws, p.x, p.tokens, p.decode, &mut [a, b]);
+                assert!(
+                    alone[0] == ys[2 * g] && alone[1] == ys[2 * g + 1],
+                    "{dtype:?}: product {g} differs in the group"
+                );
             }
         }
     }

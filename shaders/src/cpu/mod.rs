@@ -17,6 +17,6 @@ pub use crate::quant::{dequantize_row, quantize_row};
 pub use act::Activation;
 pub use attention::{attention, AttnShape};
 pub use dot::Dot;
-pub use matmul::{matmul, matmul_batch, matmul_many, GEMM_MIN_TOKENS};
+pub use matmul::{matmul, matmul_batch, matmul_groups, matmul_many, Product, GEMM_MIN_TOKENS};
 pub use ops::{add, add_rows, gelu_mul, gelu_tanh, rmsnorm, rope, rope_inv_freq, scale, silu_mul};
 pub use pool::{pool, set_threads};
