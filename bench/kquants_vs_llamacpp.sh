@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Decode and prefill of K-quant files against llama.cpp: the demo model requantized to Q4_K_M
 # (576-wide rows: mostly Q5_0/Q8_0, with Q4_K/Q6_K on ffn_down) and a 1B-shaped Q4_K_M made
-# with ../shared/tools/synth_llama_gguf.py (Q4_K and Q6_K everywhere; 700 MB, larger than cache).
+# with ../shared/tools/synth_llama_gguf.py (Q4_K and Q6_K everywhere; 700 MB, larger than cache)
+# and a Mixtral-shaped Q4_K_M made with bench/synth_moe_gguf.py (32 experts of 1024, 4 per token;
+# 519 MB, of which a token reads 110 MiB).
 # Each goes through bench/cpu_vs_llamacpp.sh (same threads, alternating rounds, medians).
 #
 #   bench/kquants_vs_llamacpp.sh [THREADS] [ROUNDS]
@@ -28,7 +30,12 @@ if [ ! -f "$SYNTH" ]; then
   [ -f "$DIR/synth-1b-f16.gguf" ] || python3 ../shared/tools/synth_llama_gguf.py "$DIR/synth-1b-f16.gguf"
   "$Q" "$DIR/synth-1b-f16.gguf" "$SYNTH" Q4_K_M >/dev/null 2>&1
 fi
-for m in "$DEMO" "$SYNTH"; do
+MOE=$DIR/synth-moe.Q4_K_M.gguf
+if [ ! -f "$MOE" ]; then
+  [ -f "$DIR/synth-moe-f16.gguf" ] || python3 bench/synth_moe_gguf.py "$DIR/synth-moe-f16.gguf"
+  "$Q" "$DIR/synth-moe-f16.gguf" "$MOE" Q4_K_M >/dev/null 2>&1
+fi
+for m in "$DEMO" "$SYNTH" "$MOE"; do
   echo "== $(basename "$m") ($(du -m "$m" | cut -f1) MB), $THREADS threads"
   bash bench/cpu_vs_llamacpp.sh "$m" "$THREADS" "$ROUNDS"
 done

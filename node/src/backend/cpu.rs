@@ -142,7 +142,7 @@ impl Backend for CpuBackend {
 
     fn linear_groups(
         &self,
-        groups: &[(&[&TensorRef], &CpuAct, usize)],
+        groups: &[super::LinearGroup<'_, TensorRef, CpuAct>],
     ) -> Result<Vec<Vec<CpuAct>>, RunError> {
         let mut mats = Vec::with_capacity(groups.len());
         for (ws, x, decode) in groups {

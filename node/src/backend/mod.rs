@@ -13,6 +13,9 @@ use baton_shaders::cpu::AttnShape;
 use crate::error::RunError;
 use crate::model::TensorRef;
 
+/// One product of [`Backend::linear_groups`]: weights, their input, and its decode rows.
+pub type LinearGroup<'a, W, A> = (&'a [&'a W], &'a A, usize);
+
 pub trait Backend: Send + Sync {
     /// Activations `[tokens, width]`.
     type Act: Send;
@@ -60,7 +63,7 @@ pub trait Backend: Send + Sync {
     /// computes exactly as `linear` alone.
     fn linear_groups(
         &self,
-        groups: &[(&[&Self::Weight], &Self::Act, usize)],
+        groups: &[LinearGroup<'_, Self::Weight, Self::Act>],
     ) -> Result<Vec<Vec<Self::Act>>, RunError> {
         groups
             .iter()
