@@ -11,13 +11,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use baton_client::remote::{Hop, RemoteSession, SessionOptions};
 use baton_node::net::{self, generate_identity};
 use baton_node::server::{Server, ServerOptions};
 use baton_node::{BackendChoice, Engine, Logits, ModelFile, SpanInput};
-use baton_protocol::wire::Sampling;
 use baton_protocol::{Span, WireDtype};
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -62,20 +61,7 @@ async fn main() {
     let prompt: Vec<u32> = (0..32).map(|i| (i * 7919 + 13) % 49152).collect();
     let key = generate_identity();
     let endpoint = net::endpoint(&key, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let options = SessionOptions {
-        model_id: "bench".into(),
-        sampling: Sampling::default(),
-        wire_dtype: WireDtype::F16,
-        max_tokens: 1024,
-        step_timeout: Duration::from_secs(60),
-        logprobs: false,
-        top_logprobs: 0,
-        logit_bias: Vec::new(),
-        swarm_key: None,
-        stop_ids: Vec::new(),
-        verify: 0.0,
-        prompt: Vec::new(),
-    };
+    let options = SessionOptions::new("bench", WireDtype::F16, 1024);
 
     let (mut local_tps, mut swarm_tps, mut local_steps, mut swarm_steps) =
         (vec![], vec![], vec![], vec![]);

@@ -77,6 +77,28 @@ pub struct SessionOptions {
     pub prompt: Vec<u32>,
 }
 
+impl SessionOptions {
+    /// Greedy sessions of model `model_id` holding up to `max_tokens` tokens, with `wire_dtype`
+    /// between hops and nothing else asked for: no log-probabilities, bias, stop tokens,
+    /// checks or prompt to reuse, in a public swarm.
+    pub fn new(model_id: impl Into<String>, wire_dtype: WireDtype, max_tokens: u32) -> Self {
+        SessionOptions {
+            model_id: model_id.into(),
+            sampling: Sampling::default(),
+            wire_dtype,
+            max_tokens,
+            step_timeout: crate::model::STEP_TIMEOUT,
+            logprobs: false,
+            top_logprobs: 0,
+            logit_bias: Vec::new(),
+            swarm_key: None,
+            stop_ids: Vec::new(),
+            verify: 0.0,
+            prompt: Vec::new(),
+        }
+    }
+}
+
 /// Finds a node that serves `span`, other than the peers given: a replacement for a hop.
 pub type FindHop = Arc<dyn Fn(Span, Vec<PeerId>) -> BoxFuture<'static, Option<Hop>> + Send + Sync>;
 

@@ -5,7 +5,7 @@
 
 mod reference;
 
-use baton_node::{BackendChoice, EngineOptions, KvDtype, ModelFile};
+use baton_node::{BackendChoice, EngineOptions, ModelFile};
 use baton_tests::fixtures_dir;
 
 use reference::check_folder;
@@ -32,12 +32,10 @@ fn cpu_reproduces_the_reference() {
     check(BackendChoice::Cpu.into(), 1e-3);
 }
 
-/// With an f32 KV cache the GPU is as close as the CPU; the default f16 cache stays within 1e-2.
 #[test]
 fn wgpu_reproduces_the_reference() {
-    for (kv_dtype, tol) in [(KvDtype::F32, 1e-3), (KvDtype::F16, 1e-2)] {
-        let backend = BackendChoice::Wgpu;
-        check(EngineOptions { backend, kv_dtype }, tol);
+    for (options, tol) in reference::wgpu_runs() {
+        check(options, tol);
     }
 }
 

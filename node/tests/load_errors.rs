@@ -24,6 +24,16 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A copy of the fixture folder `name` to break, in a directory of its own.
+fn fixture_copy(name: &str, tag: &str) -> PathBuf {
+    let dir = tmpdir(tag);
+    for f in std::fs::read_dir(baton_tests::fixtures_dir().join(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
 fn load(path: &Path) -> Result<Engine, Error> {
     let model = ModelFile::open(path)?;
     let span = Span::full(model.config.layers as u32);
@@ -203,12 +213,7 @@ fn broken_files_get_clear_errors() {
 
 #[test]
 fn broken_hugging_face_folders_get_clear_errors() {
-    let src = baton_tests::fixtures_dir().join("hf-tiny/llama");
-    let dir = tmpdir("hf");
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = fixture_copy("hf-tiny/llama", "hf");
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let p = dir.join("config.json");
     std::fs::write(
@@ -247,12 +252,7 @@ fn broken_hugging_face_folders_get_clear_errors() {
 /// A mixture of experts whose config and weights disagree, or whose numbers make no sense.
 #[test]
 fn broken_expert_configs_get_clear_errors() {
-    let src = baton_tests::fixtures_dir().join("moe/mixtral");
-    let dir = tmpdir("moe");
-    for f in std::fs::read_dir(&src).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = fixture_copy("moe/mixtral", "moe");
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let p = dir.join("config.json");
     let set = |from: &str, to: &str| {

@@ -6,7 +6,7 @@
 mod reference;
 
 use baton_node::moe::Routing;
-use baton_node::{BackendChoice, EngineOptions, KvDtype, ModelFile};
+use baton_node::{BackendChoice, EngineOptions, ModelFile};
 use baton_tests::fixtures_dir;
 
 use reference::check_folder;
@@ -40,8 +40,7 @@ fn cpu_reproduces_the_reference() {
 
 #[test]
 fn wgpu_reproduces_the_reference() {
-    for (kv_dtype, tol) in [(KvDtype::F32, 1e-3), (KvDtype::F16, 1e-2)] {
-        let backend = BackendChoice::Wgpu;
-        check(EngineOptions { backend, kv_dtype }, tol);
+    for (options, tol) in reference::wgpu_runs() {
+        check(options, tol);
     }
 }

@@ -2,13 +2,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use baton_client::remote::{Hop, SessionOptions};
 use baton_node::net::{self, generate_identity, Keypair};
 use baton_node::server::{Server, ServerOptions};
 use baton_node::{BackendChoice, Engine, ModelFile};
-use baton_protocol::wire::Sampling;
 use baton_protocol::{Span, WireDtype};
 
 pub const MODEL_ID: &str = "smollm2-135m-test";
@@ -42,18 +40,5 @@ pub fn client() -> (quinn::Endpoint, Keypair) {
 
 /// Greedy sessions of up to 512 tokens with `wire_dtype` between hops.
 pub fn options(wire_dtype: WireDtype) -> SessionOptions {
-    SessionOptions {
-        model_id: MODEL_ID.into(),
-        sampling: Sampling::default(),
-        wire_dtype,
-        max_tokens: 512,
-        step_timeout: Duration::from_secs(60),
-        logprobs: false,
-        top_logprobs: 0,
-        logit_bias: Vec::new(),
-        swarm_key: None,
-        stop_ids: Vec::new(),
-        verify: 0.0,
-        prompt: Vec::new(),
-    }
+    SessionOptions::new(MODEL_ID, wire_dtype, 512)
 }

@@ -117,27 +117,10 @@ impl Backend for CpuBackend {
         x: &CpuAct,
         decode: usize,
     ) -> Result<Vec<CpuAct>, RunError> {
-        let tokens = self.tokens(x);
-        if decode > tokens {
-            return Err(RunError::Backend(format!(
-                "{decode} decode rows of {tokens}"
-            )));
-        }
-        let mats = ws
-            .iter()
-            .map(|w| w.matrix())
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; tokens * m.rows]).collect();
-        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        cpu::matmul_batch(&mats, &x.data, tokens, decode, &mut refs);
-        Ok(outs
-            .into_iter()
-            .zip(&mats)
-            .map(|(data, m)| CpuAct {
-                data,
-                width: m.rows,
-            })
-            .collect())
+        Ok(self
+            .linear_groups(&[(ws, x, decode)])?
+            .pop()
+            .unwrap_or_default())
     }
 
     fn linear_groups(

@@ -1,7 +1,7 @@
 //! A model folder or file against transformers' logits for fixed ids
 //! (`reference.safetensors`: `ids` and `logits`), through every path of the runtime.
 
-use baton_node::{Engine, EngineOptions, Logits, ModelFile, SpanInput};
+use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, Logits, ModelFile, SpanInput};
 use baton_protocol::Span;
 use baton_tests::{max_abs_diff, tensor_f32};
 
@@ -49,4 +49,15 @@ pub fn check_folder(
         dir.display(),
         engine.describe()
     );
+}
+
+/// The wgpu runs and their tolerances: with an f32 KV cache the GPU is as close as the CPU;
+/// the default f16 cache stays within 1e-2. (Not every test binary that checks references runs
+/// wgpu.)
+#[allow(dead_code)]
+pub fn wgpu_runs() -> [(EngineOptions, f32); 2] {
+    [(KvDtype::F32, 1e-3), (KvDtype::F16, 1e-2)].map(|(kv_dtype, tol)| {
+        let backend = BackendChoice::Wgpu;
+        (EngineOptions { backend, kv_dtype }, tol)
+    })
 }
