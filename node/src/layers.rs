@@ -6,7 +6,7 @@ use baton_shaders::cpu::AttnShape;
 
 use crate::arch::{ModelConfig, Rope};
 use crate::backend::Backend;
-use crate::error::{Error, RunError};
+use crate::error::{Error, LoadError, RunError};
 use crate::model::ModelFile;
 use crate::moe::MoeMlp;
 use crate::pass::Pass;
@@ -69,6 +69,27 @@ impl<B: Backend> Loader<'_, B> {
             .model
             .expert(self.block, part, e, experts, [cols, rows])?;
         Ok(self.backend.weight(&t)?)
+    }
+
+    /// Part `i` of the `n` a tensor stacks, `[cols, rows, n]`, as a weight `[cols → rows]`
+    /// (GGUF's per-head `attn_k_b` and `attn_v_b`).
+    pub fn stacked(
+        &self,
+        part: &str,
+        i: usize,
+        n: usize,
+        cols: usize,
+        rows: usize,
+    ) -> Result<B::Weight, Error> {
+        let name = self.name(part, "weight");
+        let t = self.model.tensor(&name, &[cols, rows, n])?;
+        let p = t.part(i, n).ok_or_else(|| LoadError::Shape {
+            path: self.model.path.clone(),
+            tensor: name.clone(),
+            got: t.dims.clone(),
+            want: vec![cols, rows, n],
+        })?;
+        Ok(self.backend.weight(&p)?)
     }
 
     pub fn bias(&self, part: &str, n: usize) -> Result<B::Vector, Error> {
@@ -144,11 +165,9 @@ impl<B: Backend> Attention<B> {
             rope_factor,
             interleaved: o.rope.interleaved,
             shape: AttnShape {
-                heads: c.heads,
-                kv_heads: c.kv_heads,
-                head_dim: c.head_dim,
                 scale: o.scale,
                 window: o.window,
+                ..AttnShape::new(c.heads, c.kv_heads, c.head_dim)
             },
             eps: c.rms_eps,
         })
@@ -217,7 +236,7 @@ impl<B: Backend> Attention<B> {
         let (inv, f, il) = (&self.inv_freq, self.rope_factor, self.interleaved);
         be.rope(&mut q, pos0, hd, inv, f, il)?;
         be.rope(&mut k, pos0, hd, inv, f, il)?;
-        be.attention(&q, &k, v, kv, pos0, &self.shape)
+        be.attention(&q, &k, Some(v), kv, pos0, &self.shape)
     }
 }
 
@@ -238,11 +257,22 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn load(l: &Loader<B>, act: Activation) -> Result<Self, Error> {
-        let (h, f) = (l.config.hidden, l.config.intermediate);
+        let parts = ["ffn_gate", "ffn_up", "ffn_down"];
+        Self::load_parts(l, parts, l.config.intermediate, act)
+    }
+
+    /// From the gate, up and down weights named `parts`, `width` wide inside.
+    pub fn load_parts(
+        l: &Loader<B>,
+        [gate, up, down]: [&str; 3],
+        width: usize,
+        act: Activation,
+    ) -> Result<Self, Error> {
+        let h = l.config.hidden;
         Ok(Mlp {
-            gate: l.weight("ffn_gate", h, f)?,
-            up: l.weight("ffn_up", h, f)?,
-            down: l.weight("ffn_down", f, h)?,
+            gate: l.weight(gate, h, width)?,
+            up: l.weight(up, h, width)?,
+            down: l.weight(down, width, h)?,
             act,
         })
     }

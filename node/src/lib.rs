@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod join;
 pub mod layers;
 pub mod metrics;
+pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod net;

@@ -60,9 +60,66 @@ impl TensorRef {
         QTensor::new(self.dtype, self.rows(), self.cols(), self.bytes())
     }
 
+    /// Rows `start..start + n` of a matrix, without a copy; `None` past its rows.
+    pub fn row_range(&self, start: usize, n: usize) -> Option<TensorRef> {
+        let m = self.matrix().ok()?;
+        if self.dims.len() != 2 || start.checked_add(n).is_none_or(|end| end > m.rows) {
+            return None;
+        }
+        let rb = m.row_bytes();
+        Some(TensorRef {
+            name: format!("{}[{start}..{}]", self.name, start + n),
+            dtype: self.dtype,
+            dims: vec![self.dims[0], n],
+            map: self.map.clone(),
+            offset: self.offset + start * rb,
+            len: n * rb,
+        })
+    }
+
+    /// The transpose of a matrix, held in memory: in the same format for f32, f16 and bf16
+    /// (each value moves unchanged), else dequantized to f32.
+    pub fn transposed(&self) -> Result<TensorRef, QuantError> {
+        let m = self.matrix()?;
+        let (rows, cols) = (m.rows, m.cols);
+        let size = match self.dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+            _ => 0,
+        };
+        let (dtype, bytes) = if size > 0 {
+            let src = self.bytes();
+            let mut out = vec![0u8; src.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                    out[to..to + size].copy_from_slice(&src[from..from + size]);
+                }
+            }
+            (self.dtype, out)
+        } else {
+            let values = self.to_f32()?;
+            let mut out = Vec::with_capacity(values.len() * 4);
+            for c in 0..cols {
+                for r in 0..rows {
+                    out.extend_from_slice(&values[r * cols + c].to_le_bytes());
+                }
+            }
+            (DType::F32, out)
+        };
+        Ok(TensorRef {
+            name: format!("{}ᵀ", self.name),
+            dtype,
+            dims: vec![rows, cols],
+            len: bytes.len(),
+            map: Arc::new(Blob::Owned(bytes)),
+            offset: 0,
+        })
+    }
+
     /// Part `i` of `n` equal parts along the slowest dimension: one expert of a GGUF tensor
     /// that stacks them (`[cols, rows, experts]`).
-    fn part(&self, i: usize, n: usize) -> Option<TensorRef> {
+    pub(crate) fn part(&self, i: usize, n: usize) -> Option<TensorRef> {
         let (&last, inner) = self.dims.split_last()?;
         if last != n || i >= n || !self.len.is_multiple_of(n) {
             return None;
@@ -244,6 +301,10 @@ impl ModelFile {
             got: t.dims.clone(),
             want: vec![want[0], want[1], experts],
         })
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer, LoadError> {

@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
-use crate::layers::Loader;
+use crate::layers::{Activation, Loader, Mlp};
 use crate::pass::{is_decode, Pass};
 
 /// Most experts per layer a config may declare (DeepSeek-V3 has 256).
@@ -22,6 +22,17 @@ pub enum Routing {
     /// renormalised to sum to one when `renorm` (Mixtral always; Qwen3-MoE with
     /// `norm_topk_prob`).
     Softmax { renorm: bool },
+    /// DeepSeek-V3: sigmoid scores; for choosing only, a per-expert bias added (the layer's
+    /// `exp_probs_b`); the experts split into `groups`, each scored by the sum of its two best
+    /// biased scores, of which the best `keep` groups stay; the `used` best biased scores of
+    /// those groups chosen; their unbiased scores as weights, renormalised when `renorm`,
+    /// times `scale`.
+    Grouped {
+        groups: usize,
+        keep: usize,
+        renorm: bool,
+        scale: f32,
+    },
 }
 
 /// The shape of a model's mixture-of-experts layers.
@@ -35,6 +46,9 @@ pub struct MoeConfig {
     pub routing: Routing,
     /// Layers whose feed-forward is instead a dense MLP of the config's `intermediate` width.
     pub dense: Vec<usize>,
+    /// The intermediate width of the shared experts every token also runs, unweighted, as one
+    /// MLP (`ffn_*_shexp`); 0 for none.
+    pub shared: usize,
 }
 
 impl MoeConfig {
@@ -59,6 +73,21 @@ impl MoeConfig {
         if self.ffn == 0 {
             return Err("the experts' intermediate width is zero".into());
         }
+        if let Routing::Grouped { groups, keep, .. } = self.routing {
+            if groups == 0 || !self.experts.is_multiple_of(groups) || self.experts / groups < 2 {
+                return Err(format!(
+                    "{} experts do not split into {groups} groups of two or more",
+                    self.experts
+                ));
+            }
+            if keep == 0 || keep > groups || self.used > keep * (self.experts / groups) {
+                return Err(format!(
+                    "{} experts per token from {keep} of {groups} groups of {}",
+                    self.used,
+                    self.experts / groups
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -71,6 +100,17 @@ impl MoeConfig {
                 | "ffn_up_exps.weight"
                 | "ffn_down_exps.weight"
         ) {
+            return true;
+        }
+        if self.shared > 0
+            && matches!(
+                part,
+                "ffn_gate_shexp.weight" | "ffn_up_shexp.weight" | "ffn_down_shexp.weight"
+            )
+        {
+            return true;
+        }
+        if matches!(self.routing, Routing::Grouped { .. }) && part == "exp_probs_b.bias" {
             return true;
         }
         // One tensor per expert: `ffn_gate.{e}.weight`.
@@ -86,38 +126,93 @@ impl MoeConfig {
 }
 
 /// Each token's experts in ascending order with their weights, from its row of `experts`
-/// router logits.
+/// router logits; `bias` is the grouped routing's choice bias.
 pub fn route(
     logits: &[f32],
     experts: usize,
     used: usize,
     routing: Routing,
+    bias: Option<&[f32]>,
 ) -> Vec<Vec<(u32, f32)>> {
     logits
         .chunks_exact(experts)
         .map(|row| {
-            let Routing::Softmax { renorm } = routing;
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
-            let sum: f32 = exp.iter().sum();
-            let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
-            // The likeliest first; of equal ones, the lower index.
-            let mut order: Vec<usize> = (0..experts).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-            let mut chosen: Vec<(u32, f32)> = order[..used]
-                .iter()
-                .map(|&e| (e as u32, probs[e]))
-                .collect();
-            if renorm {
-                let total: f32 = chosen.iter().map(|c| c.1).sum();
-                for c in &mut chosen {
-                    c.1 /= total;
+            let mut chosen = match routing {
+                Routing::Softmax { renorm } => {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+                    let sum: f32 = exp.iter().sum();
+                    let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+                    let mut chosen = best(&probs, used, &probs);
+                    if renorm {
+                        normalise(&mut chosen, 0.0);
+                    }
+                    chosen
                 }
-            }
+                Routing::Grouped {
+                    groups,
+                    keep,
+                    renorm,
+                    scale,
+                } => {
+                    let scores: Vec<f32> = row.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect();
+                    let biased: Vec<f32> = match bias {
+                        Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+                        None => scores.clone(),
+                    };
+                    let size = experts / groups.max(1);
+                    let group_scores: Vec<f32> = biased
+                        .chunks(size.max(1))
+                        .map(|g| best(g, 2, g).iter().map(|c| c.1).sum())
+                        .collect();
+                    let kept = best(&group_scores, keep, &group_scores);
+                    // Experts of the other groups score 0 for the choice, as transformers masks.
+                    let choice: Vec<f32> = biased
+                        .iter()
+                        .enumerate()
+                        .map(|(e, &s)| {
+                            let g = (e / size.max(1)) as u32;
+                            if kept.iter().any(|k| k.0 == g) {
+                                s
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let mut chosen = best(&choice, used, &scores);
+                    if renorm {
+                        normalise(&mut chosen, 1e-20);
+                    }
+                    for c in &mut chosen {
+                        c.1 *= scale;
+                    }
+                    chosen
+                }
+            };
             chosen.sort_by_key(|c| c.0);
             chosen
         })
         .collect()
+}
+
+/// The `n` best of `by`, best first (of equal ones, the lower index), each with its value in
+/// `value`.
+fn best(by: &[f32], n: usize, value: &[f32]) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..by.len()).collect();
+    order.sort_by(|&a, &b| by[b].total_cmp(&by[a]).then(a.cmp(&b)));
+    order
+        .iter()
+        .take(n)
+        .map(|&e| (e as u32, value[e]))
+        .collect()
+}
+
+/// Scales the weights to sum to one (`eps` added to the sum).
+fn normalise(chosen: &mut [(u32, f32)], eps: f32) {
+    let total: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + eps;
+    for c in chosen {
+        c.1 /= total;
+    }
 }
 
 /// Each expert's rows of `pass`, in two groups each in pass order: first those it computes as
@@ -157,13 +252,16 @@ pub fn expert_rows(
         .collect()
 }
 
-/// A mixture-of-experts feed-forward: the router (`ffn_gate_inp`) and each expert's gate, up
-/// and down weights.
+/// A mixture-of-experts feed-forward: the router (`ffn_gate_inp`), each expert's gate, up
+/// and down weights, and the shared experts where the model has them.
 pub struct MoeMlp<B: Backend> {
     router: B::Weight,
     experts: Vec<[B::Weight; 3]>,
     used: usize,
     routing: Routing,
+    /// The grouped routing's choice bias (`exp_probs_b`), on the host where routing runs.
+    bias: Option<Vec<f32>>,
+    shared: Option<Mlp<B>>,
 }
 
 impl<B: Backend> MoeMlp<B> {
@@ -179,11 +277,28 @@ impl<B: Backend> MoeMlp<B> {
                 ])
             })
             .collect::<Result<_, Error>>()?;
+        let bias = match moe.routing {
+            Routing::Grouped { .. } => Some(
+                l.model
+                    .tensor(&format!("blk.{}.exp_probs_b.bias", l.block), &[moe.experts])?
+                    .to_f32()
+                    .map_err(RunError::from)?,
+            ),
+            Routing::Softmax { .. } => None,
+        };
+        let shared = if moe.shared > 0 {
+            let parts = ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"];
+            Some(Mlp::load_parts(l, parts, moe.shared, Activation::Silu)?)
+        } else {
+            None
+        };
         Ok(MoeMlp {
             router: l.weight("ffn_gate_inp", h, moe.experts)?,
             experts,
             used: moe.used,
             routing: moe.routing,
+            bias,
+            shared,
         })
     }
 
@@ -195,7 +310,13 @@ impl<B: Backend> MoeMlp<B> {
         let logits = be
             .linear(&[&self.router], xn, pass.decode_rows())?
             .remove(0);
-        let chosen = route(&be.download(&logits)?, n, self.used, self.routing);
+        let chosen = route(
+            &be.download(&logits)?,
+            n,
+            self.used,
+            self.routing,
+            self.bias.as_deref(),
+        );
         if chosen.len() != pass.tokens() {
             return Err(RunError::Backend(format!(
                 "{} routed rows in a pass of {}",
@@ -274,7 +395,11 @@ impl<B: Backend> MoeMlp<B> {
                 Some(o) => be.add(o, &y)?,
             }
         }
-        out.ok_or_else(|| RunError::Backend("a layer routes to no expert".into()))
+        let mut out = out.ok_or_else(|| RunError::Backend("a layer routes to no expert".into()))?;
+        if let Some(shared) = &self.shared {
+            be.add(&mut out, &shared.forward(be, xn, pass.decode_rows())?)?;
+        }
+        Ok(out)
     }
 }
 
@@ -285,7 +410,7 @@ mod tests {
     #[test]
     fn softmax_routing_picks_the_likeliest_and_renormalises() {
         let logits = [0.0, 2.0, 1.0, 2.0, -1.0, 0.5, 0.5, 3.0];
-        let r = route(&logits, 4, 2, Routing::Softmax { renorm: true });
+        let r = route(&logits, 4, 2, Routing::Softmax { renorm: true }, None);
         // Token 0: experts 1 and 3 tie at the top. Token 1: expert 3, then 1 before 2 (a tie).
         assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [1, 3]);
         assert!((r[0][0].1 - 0.5).abs() < 1e-6 && (r[0][1].1 - 0.5).abs() < 1e-6);
@@ -293,9 +418,35 @@ mod tests {
         let e = |x: f32| x.exp();
         let want3 = e(3.0) / (e(3.0) + e(0.5));
         assert!((r[1][1].1 - want3).abs() < 1e-6, "{:?}", r[1]);
-        let plain = route(&logits, 4, 2, Routing::Softmax { renorm: false });
+        let plain = route(&logits, 4, 2, Routing::Softmax { renorm: false }, None);
         let total = e(0.0) + 2.0 * e(2.0) + e(1.0);
         assert!((plain[0][0].1 - e(2.0) / total).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grouped_routing_keeps_the_best_groups_and_weighs_by_unbiased_scores() {
+        // 8 experts in 4 groups of 2; 2 groups kept; 3 experts per token.
+        let logits = [2.0, 1.0, 0.0, -1.0, 3.0, -3.0, 0.5, 0.4];
+        let bias = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, 0.9];
+        let routing = Routing::Grouped {
+            groups: 4,
+            keep: 2,
+            renorm: true,
+            scale: 2.5,
+        };
+        let s = |x: f32| 1.0 / (1.0 + (-x).exp());
+        // Group sums (biased): g0 s(2)+s(1), g1 s(0)+s(-1), g2 s(3)+s(-3), g3 s(.5)+s(.4)+1.8.
+        // g3 and g0 stay; the best biased scores there are 6, 7 (biased) and 0.
+        let r = route(&logits, 8, 3, routing, Some(&bias));
+        assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [0, 6, 7]);
+        let total = s(2.0) + s(0.5) + s(0.4);
+        for (c, l) in r[0].iter().zip([2.0, 0.5, 0.4]) {
+            assert!((c.1 - 2.5 * s(l) / total).abs() < 1e-6, "{:?}", r[0]);
+        }
+        // Without the bias g0 and g3 still stay, so expert 4, the best single score, is not
+        // chosen: its group's other expert drags g2 below g3.
+        let r = route(&logits, 8, 3, routing, None);
+        assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 6]);
     }
 
     #[test]
@@ -306,6 +457,7 @@ mod tests {
             ffn: 16,
             routing: Routing::Softmax { renorm: true },
             dense: vec![0],
+            shared: 0,
         };
         assert!(moe.uses_part("ffn_up.7.weight") && moe.uses_part("ffn_down_exps.weight"));
         assert!(!moe.uses_part("ffn_up.8.weight") && !moe.uses_part("ffn_up.x.weight"));

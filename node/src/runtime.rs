@@ -160,11 +160,11 @@ impl Engine {
         each!(self, s => s.config.hidden)
     }
 
-    /// Bytes of KV cache one position takes in all the span's layers: keys and values, in f32
-    /// on the CPU and in the cache's format on a GPU.
+    /// Bytes of KV cache one position takes in all the span's layers: keys and values (MLA:
+    /// the latent row alone), in f32 on the CPU and in the cache's format on a GPU.
     pub fn kv_bytes_per_token(&self) -> usize {
-        let (blocks, width) = each!(self, s => (s.span.len(), s.config.kv_width()));
-        2 * blocks as usize * width * self.kv_value_bytes()
+        let (blocks, layout) = each!(self, s => (s.span.len(), s.config.kv_layout()));
+        blocks as usize * layout.per_position() * self.kv_value_bytes()
     }
 
     fn kv_value_bytes(&self) -> usize {
@@ -181,7 +181,7 @@ impl Engine {
     /// sliding-window layer holds a bounded number of positions however long the session.
     pub fn kv_bytes(&self, tokens: usize) -> u64 {
         let (config, span) = each!(self, s => (&s.config, s.span));
-        let per_position = 2 * config.kv_width() * self.kv_value_bytes();
+        let per_position = config.kv_layout().per_position() * self.kv_value_bytes();
         (span.start..span.end)
             .map(|layer| {
                 let window = config.window(layer as usize);

@@ -110,7 +110,7 @@ impl<B: Backend + 'static> DecoderSpan<B> {
         let layers = (self.span.start..self.span.end)
             .map(|layer| {
                 let window = c.window(layer as usize);
-                self.backend.kv_cache(c.kv_width(), c.context, window)
+                self.backend.kv_cache(c.kv_layout(), c.context, window)
             })
             .collect::<Result<_, _>>()?;
         Ok(SpanCache { layers, pos: 0 })

@@ -6,7 +6,7 @@
 use baton_node::backend::cpu::CpuBackend;
 use baton_node::backend::gpu::GpuBackend;
 use baton_node::backend::kv::KvPositions;
-use baton_node::backend::Backend;
+use baton_node::backend::{Backend, KvLayout};
 use baton_node::runtime::PREFILL_CHUNK;
 use baton_node::RunError;
 use baton_shaders::cpu::AttnShape;
@@ -37,8 +37,8 @@ fn compare<B: Backend>(be: &B) -> f32 {
     };
     let (qw, kw) = (4 * 16, 2 * 16);
     let context = 4096;
-    let mut dropping = be.kv_cache(kw, context, WINDOW).unwrap();
-    let mut keeping = be.kv_cache(kw, context, 0).unwrap();
+    let mut dropping = be.kv_cache(KvLayout::split(kw), context, WINDOW).unwrap();
+    let mut keeping = be.kv_cache(KvLayout::split(kw), context, 0).unwrap();
     let mut worst = 0f32;
     let mut pos = 0;
     for (i, n) in steps().into_iter().enumerate() {
@@ -46,9 +46,11 @@ fn compare<B: Backend>(be: &B) -> f32 {
         let k = be.upload(&values(3 * i + 1, n * kw), kw).unwrap();
         let v = be.upload(&values(3 * i + 2, n * kw), kw).unwrap();
         let a = be
-            .attention(&q, &k, &v, &mut dropping, pos, &shape)
+            .attention(&q, &k, Some(&v), &mut dropping, pos, &shape)
             .unwrap();
-        let b = be.attention(&q, &k, &v, &mut keeping, pos, &shape).unwrap();
+        let b = be
+            .attention(&q, &k, Some(&v), &mut keeping, pos, &shape)
+            .unwrap();
         let (a, b) = (be.download(&a).unwrap(), be.download(&b).unwrap());
         for (x, y) in a.iter().zip(&b) {
             worst = worst.max((x - y).abs());
@@ -64,9 +66,11 @@ fn compare<B: Backend>(be: &B) -> f32 {
     let at = pos - PREFILL_CHUNK;
     let q = be.upload(&values(1, n * qw), qw).unwrap();
     let k = be.upload(&values(2, n * kw), kw).unwrap();
-    be.attention(&q, &k, &k, &mut dropping, at, &shape).unwrap();
+    be.attention(&q, &k, Some(&k), &mut dropping, at, &shape)
+        .unwrap();
     be.kv_truncate(&mut dropping, 0).unwrap();
-    be.attention(&q, &k, &k, &mut dropping, 0, &shape).unwrap();
+    be.attention(&q, &k, Some(&k), &mut dropping, 0, &shape)
+        .unwrap();
     worst
 }
 

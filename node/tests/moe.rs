@@ -1,7 +1,8 @@
 //! Mixture-of-experts folders (`fixtures/moe/`, tiny random checkpoints) against transformers'
 //! logits: `mixtral/` (8 experts, top-2, renormalised softmax router) and `qwen3_moe/` (q/k
-//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`). Batched with other sessions, a
-//! session's logits stay exactly those it gets alone.
+//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`) and `deepseek_v3/` (latent attention,
+//! a dense layer then 16 experts in 4 groups with a shared expert). Batched with other sessions,
+//! a session's logits stay exactly those it gets alone.
 
 mod reference;
 
@@ -11,7 +12,7 @@ use baton_tests::fixtures_dir;
 
 use reference::check_folder;
 
-const MODELS: [&str; 2] = ["mixtral", "qwen3_moe"];
+const MODELS: [&str; 3] = ["mixtral", "qwen3_moe", "deepseek_v3"];
 
 fn check(options: EngineOptions, tol: f32) {
     for name in MODELS {
@@ -31,6 +32,28 @@ fn configs_describe_the_experts() {
     let moe = q.config.moe.clone().unwrap();
     assert_eq!((moe.experts, moe.used, moe.ffn), (8, 2, 64));
     assert_eq!(q.config.head_dim, 16);
+    let d = ModelFile::open(&fixtures_dir().join("moe/deepseek_v3")).unwrap();
+    let moe = d.config.moe.clone().unwrap();
+    assert_eq!(
+        (moe.experts, moe.used, moe.ffn, moe.shared),
+        (16, 4, 32, 32)
+    );
+    assert_eq!(moe.dense, [0]);
+    let Routing::Grouped {
+        groups,
+        keep,
+        renorm,
+        scale,
+    } = moe.routing
+    else {
+        panic!("{:?}", moe.routing)
+    };
+    assert_eq!((groups, keep, renorm, scale), (4, 2, true, 2.5));
+    // The cache keeps the latent (32) and the RoPE part (8) of each position: one row.
+    let layout = d.config.kv_layout();
+    assert_eq!((layout.width, layout.values), (40, false));
+    let mla = d.config.mla.clone().unwrap();
+    assert!((mla.scale - 24f32.powf(-0.5)).abs() < 1e-7);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use baton_node::backend::cpu::CpuBackend;
 use baton_node::backend::gpu::GpuBackend;
-use baton_node::backend::Backend;
+use baton_node::backend::{Backend, KvLayout};
 use baton_node::net::generate_identity;
 use baton_node::prefix::{chain, PrefixStore};
 use baton_node::{BackendChoice, Engine, Logits, ModelFile, SpanInput};
@@ -26,12 +26,13 @@ fn values(seed: usize, n: usize) -> Vec<f32> {
 fn fork_attends_as_the_original<B: Backend>(be: &B) -> f32 {
     let shape = AttnShape::new(4, 2, 16);
     let (qw, kw) = (4 * 16, 2 * 16);
-    let mut kv = be.kv_cache(kw, 256, 0).unwrap();
+    let mut kv = be.kv_cache(KvLayout::split(kw), 256, 0).unwrap();
     for (i, (pos, n)) in [(0, 17), (17, 15), (32, 8)].into_iter().enumerate() {
         let q = be.upload(&values(3 * i, n * qw), qw).unwrap();
         let k = be.upload(&values(3 * i + 1, n * kw), kw).unwrap();
         let v = be.upload(&values(3 * i + 2, n * kw), kw).unwrap();
-        be.attention(&q, &k, &v, &mut kv, pos, &shape).unwrap();
+        be.attention(&q, &k, Some(&v), &mut kv, pos, &shape)
+            .unwrap();
     }
     let mut fork = be.kv_fork(&kv, 32).unwrap();
     assert!(be.kv_fork(&kv, 41).is_err(), "positions never held");
@@ -39,8 +40,10 @@ fn fork_attends_as_the_original<B: Backend>(be: &B) -> f32 {
     let q = be.upload(&values(10, 3 * qw), qw).unwrap();
     let k = be.upload(&values(11, 3 * kw), kw).unwrap();
     let v = be.upload(&values(12, 3 * kw), kw).unwrap();
-    let a = be.attention(&q, &k, &v, &mut fork, 32, &shape).unwrap();
-    let b = be.attention(&q, &k, &v, &mut kv, 32, &shape).unwrap();
+    let a = be
+        .attention(&q, &k, Some(&v), &mut fork, 32, &shape)
+        .unwrap();
+    let b = be.attention(&q, &k, Some(&v), &mut kv, 32, &shape).unwrap();
     let (a, b) = (be.download(&a).unwrap(), be.download(&b).unwrap());
     a.iter()
         .zip(&b)

@@ -1,9 +1,11 @@
 // Causal grouped-query attention of new queries over the KV cache (32-bit words holding f16
 // pairs or f32 values by DTYPE, see kv.wgsl), with an online softmax.
 // One workgroup per (head, token); its threads score 64 positions at a time, then each thread
-// accumulates its share of the head's dimensions.
-// a: heads, b: kv_heads, c: head_dim (≤ 256), d: pos0, e: kv width (kv_heads · head_dim),
-// f: scale (f32 bits), g: sliding window (a query at position q sees q - g + 1 ..= q; 0: all).
+// accumulates its share of the head's value dimensions.
+// a: heads, b: kv_heads, c: head_dim (≤ 1024), d: pos0, e: kv width (kv_heads · head_dim),
+// f: scale (f32 bits), g: sliding window (a query at position q sees q - g + 1 ..= q; 0: all),
+// h: values per head (≤ 512) | latent << 16. A latent cache (MLA) has no values of its own: a
+// head's values are the first of its key, read from `kc` (bound as `vc` too).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -11,7 +13,7 @@
 @group(0) @binding(3) var<storage, read> vc: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> qs: array<f32, 256>;
+var<workgroup> qs: array<f32, 1024>;
 var<workgroup> scores: array<f32, 64>;
 
 // Keys `i` and `i + 1` (`i` even).
@@ -35,6 +37,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
     let hd = p.c;
     let kvh = h / (p.a / p.b);
     let qbase = (t * p.a + h) * hd;
+    let vd = p.h & 0xffffu;
+    let latent = (p.h >> 16u) == 1u;
+    let v_head = select(vd, hd, latent);
+    let v_row = p.b * v_head;
+    let obase = (t * p.a + h) * vd;
     for (var i = li.x; i < hd; i += 64u) { qs[i] = q[qbase + i]; }
     workgroupBarrier();
     let len = p.d + t + 1u;
@@ -43,8 +50,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
     let scale = bitcast<f32>(p.f);
     var m = -3.0e38;
     var s = 0.0;
-    var acc: array<f32, 4>;
-    for (var j = 0u; j < 4u; j++) { acc[j] = 0.0; }
+    var acc: array<f32, 8>;
+    for (var j = 0u; j < 8u; j++) { acc[j] = 0.0; }
+    let nc = (vd + 63u) / 64u;
     for (var p0 = first; p0 < len; p0 += 64u) {
         let pos = p0 + li.x;
         var sc = -3.0e38;
@@ -65,21 +73,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li: 
         for (var j = 0u; j < n; j++) { tile_max = max(tile_max, scores[j]); }
         let correction = exp(m - tile_max);
         s *= correction;
-        for (var j = 0u; j < 4u; j++) { acc[j] *= correction; }
+        for (var j = 0u; j < 8u; j++) { acc[j] *= correction; }
         for (var j = 0u; j < n; j++) {
             let e = exp(scores[j] - tile_max);
             s += e;
-            let vb = (p0 + j) * p.e + kvh * hd;
-            for (var c = 0u; c < 4u; c++) {
+            let vb = (p0 + j) * v_row + kvh * v_head;
+            for (var c = 0u; c < nc; c++) {
                 let dim = li.x + 64u * c;
-                if (dim < hd) { acc[c] += e * v_at(vb + dim); }
+                if (dim < vd) { acc[c] += e * v_at(vb + dim); }
             }
         }
         m = tile_max;
         workgroupBarrier();
     }
-    for (var c = 0u; c < 4u; c++) {
+    for (var c = 0u; c < nc; c++) {
         let dim = li.x + 64u * c;
-        if (dim < hd) { out[qbase + dim] = acc[c] / s; }
+        if (dim < vd) { out[obase + dim] = acc[c] / s; }
     }
 }

@@ -93,6 +93,7 @@ impl Common {
             tied_embeddings: self.tie_word_embeddings.unwrap_or(false),
             norm_shift: 0.0,
             moe: None,
+            mla: None,
         })
     }
 }

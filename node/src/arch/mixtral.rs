@@ -28,6 +28,7 @@ fn moe(experts: usize, used: usize, ffn: usize) -> MoeConfig {
         ffn,
         routing: Routing::Softmax { renorm: true },
         dense: Vec::new(),
+        shared: 0,
     }
 }
 

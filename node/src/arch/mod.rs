@@ -8,7 +8,9 @@
 //! - [`gemma3`]: Gemma 3 (sliding-window layers, GELU, norms around attention and MLP).
 //! - [`mixtral`]: Mixtral (Llama with a mixture of experts).
 //! - [`qwen3_moe`]: Qwen3-MoE (Qwen3 with a mixture of experts).
+//! - [`deepseek_v3`]: DeepSeek-V3/R1 (latent attention, grouped routing, shared experts).
 
+pub mod deepseek_v3;
 pub mod gemma3;
 mod hf;
 pub mod llama;
@@ -19,10 +21,11 @@ pub mod rope;
 
 use std::path::Path;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, KvLayout};
 use crate::error::{Error, LoadError};
 use crate::gguf::{GgufFile, Value};
 use crate::layers::Block;
+use crate::mla::MlaConfig;
 use crate::model::ModelFile;
 use crate::moe::MoeConfig;
 
@@ -42,6 +45,8 @@ pub enum Arch {
     Mixtral,
     /// Qwen3 with a mixture of experts.
     Qwen3Moe,
+    /// Latent attention and a mixture of experts with shared experts.
+    DeepseekV3,
 }
 
 impl Arch {
@@ -53,13 +58,15 @@ impl Arch {
             Arch::Gemma3(_) => "gemma3",
             Arch::Mixtral => "mixtral",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::DeepseekV3 => "deepseek_v3",
         }
     }
 }
 
 /// The GGUF `general.architecture` values and Hugging Face `model_type`s Baton runs.
 pub const SUPPORTED: &str = "llama (Mixtral too), mistral, qwen2, qwen3, qwen3moe, gemma3 \
-     (Hugging Face model_type: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma3_text)";
+     (Hugging Face model_type: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma3_text, \
+     deepseek_v3)";
 
 /// The numbers of a decoder-only transformer, from GGUF metadata or `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +88,9 @@ pub struct ModelConfig {
     pub norm_shift: f32,
     /// The mixture-of-experts layers' shape, for an architecture that has them.
     pub moe: Option<MoeConfig>,
+    /// Multi-head latent attention's shape, for an architecture that has it; then `kv_heads`
+    /// is 1 and `head_dim` the width of a latent cache row.
+    pub mla: Option<MlaConfig>,
 }
 
 impl ModelConfig {
@@ -90,6 +100,14 @@ impl ModelConfig {
 
     pub fn q_width(&self) -> usize {
         self.heads * self.head_dim
+    }
+
+    /// What one position of one layer's KV cache holds.
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            width: self.kv_width(),
+            values: self.mla.is_none(),
+        }
     }
 
     pub(crate) fn check(self, path: &Path) -> Result<Self, LoadError> {
@@ -103,7 +121,7 @@ impl ModelConfig {
                 self.heads, self.kv_heads
             )));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 512 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 1024 {
             return Err(bad(format!(
                 "head dimension {} is not supported",
                 self.head_dim
@@ -126,11 +144,19 @@ impl ModelConfig {
         if self.context == 0 {
             return Err(bad("the context length is zero".into()));
         }
-        self.rope.check(self.head_dim).map_err(bad)?;
+        // Latent attention rotates only each head's RoPE part.
+        let rotated = self.mla.as_ref().map_or(self.head_dim, |m| m.rope);
+        self.rope.check(rotated).map_err(bad)?;
         if let Some(moe) = &self.moe {
             moe.check().map_err(bad)?;
             if moe.dense.iter().any(|&l| l >= self.layers) {
                 return Err(bad("a dense layer past the last layer".into()));
+            }
+        }
+        if let Some(mla) = &self.mla {
+            mla.check().map_err(bad)?;
+            if self.kv_heads != 1 || self.head_dim != mla.latent_width() {
+                return Err(bad("latent attention with another cache shape".into()));
             }
         }
         Ok(self)
@@ -170,6 +196,7 @@ impl ModelConfig {
             "llama" | "mistral" => llama::from_hf(path, &raw)?,
             "mixtral" => mixtral::from_hf(path, &raw)?,
             "qwen3_moe" => qwen3_moe::from_hf(path, &raw)?,
+            "deepseek_v3" => deepseek_v3::from_hf(path, &raw)?,
             "qwen2" | "qwen3" => qwen::from_hf(path, &raw, &model_type)?,
             "gemma3_text" | "gemma3" => gemma3::from_hf(path, &raw)?,
             _ => {
@@ -193,6 +220,7 @@ impl ModelConfig {
             Arch::Gemma3(_) => gemma3::hf_to_gguf(hf),
             Arch::Mixtral => mixtral::hf_to_gguf(hf),
             Arch::Qwen3Moe => qwen3_moe::hf_to_gguf(hf),
+            Arch::DeepseekV3 => deepseek_v3::hf_to_gguf(hf),
             _ => llama::hf_to_gguf(hf),
         }
     }
@@ -211,6 +239,7 @@ impl ModelConfig {
                 Arch::Gemma3(_) => gemma3::BLOCK_TENSORS.contains(&part),
                 Arch::Mixtral => mixtral::uses_part(self, part),
                 Arch::Qwen3Moe => qwen3_moe::uses_part(self, part),
+                Arch::DeepseekV3 => deepseek_v3::uses_part(self, part),
             },
             None => {
                 matches!(
@@ -233,6 +262,13 @@ impl ModelConfig {
                 llama::load_block(model, self, i, backend)
             }
             Arch::Gemma3(g) => gemma3::load_block(model, self, g, i, backend),
+            Arch::DeepseekV3 => {
+                let mla = self.mla.as_ref().ok_or_else(|| LoadError::Config {
+                    path: model.path.clone(),
+                    what: "DeepSeek-V3 without its latent attention's shape".into(),
+                })?;
+                deepseek_v3::load_block(model, self, mla, i, backend)
+            }
         }
     }
 
@@ -371,6 +407,7 @@ impl<'a> GgufKeys<'a> {
             tied_embeddings: !g.tensors.contains_key("output.weight"),
             norm_shift: 0.0,
             moe: None,
+            mla: None,
         })
     }
 }

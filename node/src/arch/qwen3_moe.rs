@@ -39,6 +39,7 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
         ffn: k.u("expert_feed_forward_length")?,
         routing: Routing::Softmax { renorm: true },
         dense: Vec::new(),
+        shared: 0,
     });
     Ok(c)
 }
@@ -83,6 +84,7 @@ pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
         dense: (0..c.layers)
             .filter(|i| only_mlp.contains(i) || !(i + 1).is_multiple_of(step))
             .collect(),
+        shared: 0,
     });
     Ok(c)
 }

@@ -180,6 +180,15 @@ pub(crate) fn scaling_from_gguf(k: &GgufKeys) -> Result<RopeScaling, LoadError> 
     })
 }
 
+/// YaRN's magnitude correction `0.1 · mscale · ln(factor) + 1` (1 without scaling up).
+pub fn yarn_mscale(factor: f32, mscale: f32) -> f32 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * factor.ln() + 1.0
+    }
+}
+
 /// `rope_theta` and `rope_scaling` (or transformers 5's `rope_parameters`) of a `config.json`.
 pub(crate) fn from_hf(raw: &Json, default_theta: f64) -> Result<(f32, RopeScaling), String> {
     let params = raw
@@ -219,17 +228,23 @@ pub(crate) fn from_hf(raw: &Json, default_theta: f64) -> Result<(f32, RopeScalin
             original_context: original()?,
         },
         "yarn" => {
-            for k in ["mscale", "mscale_all_dim", "truncate"] {
-                if p.get(k).is_some_and(|v| !v.is_null()) {
-                    return Err(format!("rope_scaling `{k}` is not supported yet"));
-                }
+            if p.get("truncate").and_then(Json::as_bool) == Some(false) {
+                return Err("rope_scaling `truncate: false` is not supported yet".into());
             }
+            let factor = need("factor")? as f32;
+            // DeepSeek's: the ratio of two magnitude corrections, when both are given.
+            let ratio = match (num("mscale"), num("mscale_all_dim")) {
+                (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                    Some(yarn_mscale(factor, m as f32) / yarn_mscale(factor, all as f32))
+                }
+                _ => None,
+            };
             RopeScaling::Yarn {
-                factor: need("factor")? as f32,
+                factor,
                 original_context: original()?,
                 beta_fast: num("beta_fast").unwrap_or(32.0) as f32,
                 beta_slow: num("beta_slow").unwrap_or(1.0) as f32,
-                attention_factor: num("attention_factor").map(|v| v as f32),
+                attention_factor: num("attention_factor").map(|v| v as f32).or(ratio),
             }
         }
         other => {

@@ -2,7 +2,7 @@
 
 use baton_shaders::cpu::{self, AttnShape};
 
-use super::kv::KvPositions;
+use super::kv::{KvLayout, KvPositions};
 use super::Backend;
 use crate::error::RunError;
 use crate::model::TensorRef;
@@ -16,10 +16,10 @@ pub struct CpuAct {
 }
 
 pub struct CpuKv {
-    /// Keys and values of positions `at.base..at.end`.
+    /// Keys and values of positions `at.base..at.end`; no values for a latent cache.
     k: Vec<f32>,
     v: Vec<f32>,
-    width: usize,
+    layout: KvLayout,
     at: KvPositions,
 }
 
@@ -41,29 +41,34 @@ impl Backend for CpuBackend {
         Ok(v.to_vec())
     }
 
-    fn kv_cache(&self, width: usize, _capacity: usize, window: usize) -> Result<CpuKv, RunError> {
+    fn kv_cache(
+        &self,
+        layout: KvLayout,
+        _capacity: usize,
+        window: usize,
+    ) -> Result<CpuKv, RunError> {
         Ok(CpuKv {
             k: Vec::new(),
             v: Vec::new(),
-            width,
+            layout,
             at: KvPositions::new(window),
         })
     }
 
     fn kv_truncate(&self, kv: &mut CpuKv, tokens: usize) -> Result<(), RunError> {
         kv.at.truncate(tokens)?;
-        kv.k.truncate(kv.at.len() * kv.width);
-        kv.v.truncate(kv.at.len() * kv.width);
+        kv.k.truncate(kv.at.len() * kv.layout.width);
+        kv.v.truncate(kv.at.len() * kv.layout.width);
         Ok(())
     }
 
     fn kv_fork(&self, kv: &CpuKv, tokens: usize) -> Result<CpuKv, RunError> {
         let at = kv.at.first(tokens)?;
-        let n = tokens * kv.width;
+        let n = tokens * kv.layout.width;
         Ok(CpuKv {
             k: kv.k[..n].to_vec(),
-            v: kv.v[..n].to_vec(),
-            width: kv.width,
+            v: kv.v.get(..n).unwrap_or_default().to_vec(),
+            layout: kv.layout,
             at,
         })
     }
@@ -197,29 +202,38 @@ impl Backend for CpuBackend {
         &self,
         q: &CpuAct,
         k: &CpuAct,
-        v: &CpuAct,
+        v: Option<&CpuAct>,
         kv: &mut CpuKv,
         pos0: usize,
         shape: &AttnShape,
     ) -> Result<CpuAct, RunError> {
-        if k.width != kv.width || v.width != kv.width {
+        let width = kv.layout.width;
+        if k.width != width
+            || v.map(|v| v.width) != kv.layout.values.then_some(width)
+            || shape.latent == kv.layout.values
+        {
             return Err(RunError::Backend(format!(
-                "keys {} and values {} wide for a KV cache {} wide",
-                k.width, v.width, kv.width
+                "keys {} and values {:?} wide for a KV cache {:?}",
+                k.width,
+                v.map(|v| v.width),
+                kv.layout
             )));
         }
         let drop = kv.at.append(pos0, self.tokens(k))?;
-        kv.k.drain(..drop * kv.width);
-        kv.v.drain(..drop * kv.width);
+        kv.k.drain(..drop * width);
         kv.k.extend_from_slice(&k.data);
-        kv.v.extend_from_slice(&v.data);
-        let mut out = vec![0f32; q.data.len()];
+        if let Some(v) = v {
+            kv.v.drain(..drop * width);
+            kv.v.extend_from_slice(&v.data);
+        }
+        let mut out = vec![0f32; self.tokens(q) * shape.out_width()];
         // Positions relative to the first held: attention depends on differences only.
         let rel = pos0 - kv.at.base;
-        cpu::attention(&q.data, &kv.k, &kv.v, rel, shape, &mut out);
+        let values = if shape.latent { &kv.k } else { &kv.v };
+        cpu::attention(&q.data, &kv.k, values, rel, shape, &mut out);
         Ok(CpuAct {
             data: out,
-            width: q.width,
+            width: shape.out_width(),
         })
     }
 
@@ -259,6 +273,18 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn columns(&self, parts: &[(&CpuAct, usize, usize)]) -> Result<CpuAct, RunError> {
+        let tokens = check_columns(parts, |x| (self.tokens(x), x.width))?;
+        let width = parts.iter().map(|p| p.2).sum();
+        let mut data = Vec::with_capacity(tokens * width);
+        for t in 0..tokens {
+            for &(x, first, n) in parts {
+                data.extend_from_slice(&x.data[t * x.width + first..][..n]);
+            }
+        }
+        Ok(CpuAct { data, width })
+    }
+
     fn concat(&self, parts: &[CpuAct]) -> Result<CpuAct, RunError> {
         let width = parts.first().map_or(1, |p| p.width);
         if parts.iter().any(|p| p.width != width) {
@@ -283,6 +309,26 @@ impl Backend for CpuBackend {
         }
         Ok(CpuAct { data, width: w })
     }
+}
+
+/// The rows of the parts of [`Backend::columns`], refused where they differ or a range passes
+/// the end of its rows; `shape` gives a part's rows and width.
+pub(super) fn check_columns<A>(
+    parts: &[(&A, usize, usize)],
+    shape: impl Fn(&A) -> (usize, usize),
+) -> Result<usize, RunError> {
+    let mut tokens = None;
+    for &(x, first, n) in parts {
+        let (rows, width) = shape(x);
+        if first.checked_add(n).is_none_or(|end| end > width) || tokens.is_some_and(|t| t != rows) {
+            return Err(RunError::Backend(format!(
+                "columns {first}..{} of rows {width} wide, {rows} of them",
+                first.saturating_add(n)
+            )));
+        }
+        tokens = Some(rows);
+    }
+    Ok(tokens.unwrap_or(0))
 }
 
 /// Refuses a gather of rows that `x` lacks, or with a scale count unlike the row count.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use baton_shaders::cpu::AttnShape;
 use baton_shaders::gpu::{Gpu, GpuMatrix, GpuTensor, KvFormat};
 
-use super::kv::KvPositions;
+use super::kv::{KvLayout, KvPositions};
 use super::Backend;
 use crate::error::RunError;
 use crate::model::TensorRef;
@@ -23,12 +23,12 @@ pub struct GpuAct {
 }
 
 /// One layer's keys and values, `[capacity, width]` each in the backend's [`KvFormat`], grown
-/// by doubling.
+/// by doubling; a latent cache has keys only.
 pub struct GpuKv {
     /// Keys and values of positions `at.base..at.end`, from the start of the buffers.
     k: GpuTensor,
     v: GpuTensor,
-    width: usize,
+    layout: KvLayout,
     /// Positions the buffers have room for.
     capacity: usize,
     /// The most positions a session can need at once.
@@ -50,8 +50,9 @@ impl GpuBackend {
         }
         let capacity = need.next_power_of_two().max(256).min(kv.max.max(need));
         // 32-bit words: two f16 values or one f32 each.
-        let words = |n: usize| self.kv_format.words(n * kv.width);
-        for t in [&mut kv.k, &mut kv.v] {
+        let words = |n: usize| self.kv_format.words(n * kv.layout.width);
+        let buffers = if kv.layout.values { 2 } else { 1 };
+        for t in [&mut kv.k, &mut kv.v].into_iter().take(buffers) {
             let fresh = self.gpu.zeros(words(capacity));
             self.gpu
                 .copy(&t.buf, words(drop), &fresh.buf, 0, words(used - drop));
@@ -84,13 +85,18 @@ impl Backend for GpuBackend {
         kv.at.truncate(tokens)
     }
 
-    fn kv_cache(&self, width: usize, capacity: usize, window: usize) -> Result<GpuKv, RunError> {
+    fn kv_cache(
+        &self,
+        layout: KvLayout,
+        capacity: usize,
+        window: usize,
+    ) -> Result<GpuKv, RunError> {
         let max =
             KvPositions::most_held(window, PREFILL_CHUNK).map_or(capacity, |m| m.min(capacity));
         Ok(GpuKv {
             k: self.gpu.zeros(0),
             v: self.gpu.zeros(0),
-            width,
+            layout,
             capacity: 0,
             max,
             at: KvPositions::new(window),
@@ -102,16 +108,18 @@ impl Backend for GpuBackend {
         let mut fork = GpuKv {
             k: self.gpu.zeros(0),
             v: self.gpu.zeros(0),
-            width: kv.width,
+            layout: kv.layout,
             capacity: 0,
             max: kv.max,
             at: KvPositions::new(at.window),
         };
         // Fresh buffers with room for the positions, then a copy of them.
         self.make_room(&mut fork, tokens, 0, 0);
-        let words = self.kv_format.words(tokens * kv.width);
+        let words = self.kv_format.words(tokens * kv.layout.width);
         self.gpu.copy(&kv.k.buf, 0, &fork.k.buf, 0, words);
-        self.gpu.copy(&kv.v.buf, 0, &fork.v.buf, 0, words);
+        if kv.layout.values {
+            self.gpu.copy(&kv.v.buf, 0, &fork.v.buf, 0, words);
+        }
         fork.at = at;
         Ok(fork)
     }
@@ -182,11 +190,23 @@ impl Backend for GpuBackend {
         &self,
         q: &GpuAct,
         k: &GpuAct,
-        v: &GpuAct,
+        v: Option<&GpuAct>,
         kv: &mut GpuKv,
         pos0: usize,
         shape: &AttnShape,
     ) -> Result<GpuAct, RunError> {
+        let width = kv.layout.width;
+        if k.width != width
+            || v.map(|v| v.width) != kv.layout.values.then_some(width)
+            || shape.latent == kv.layout.values
+        {
+            return Err(RunError::Backend(format!(
+                "keys {} and values {:?} wide for a KV cache {:?}",
+                k.width,
+                v.map(|v| v.width),
+                kv.layout
+            )));
+        }
         let tokens = self.tokens(k);
         let used = kv.at.len();
         let drop = kv.at.append(pos0, tokens)?;
@@ -194,12 +214,13 @@ impl Backend for GpuBackend {
         // Positions relative to the first held: attention depends on differences only.
         let rel = pos0 - kv.at.base;
         let f = self.kv_format;
-        self.gpu.kv_store(&k.t, &kv.k.buf, rel * kv.width, f);
-        self.gpu.kv_store(&v.t, &kv.v.buf, rel * kv.width, f);
-        let out = self
-            .gpu
-            .attention(&q.t, &kv.k.buf, &kv.v.buf, rel, shape, f)?;
-        Ok(self.act(out, q.width))
+        self.gpu.kv_store(&k.t, &kv.k.buf, rel * width, f);
+        if let Some(v) = v {
+            self.gpu.kv_store(&v.t, &kv.v.buf, rel * width, f);
+        }
+        let values = if shape.latent { &kv.k.buf } else { &kv.v.buf };
+        let out = self.gpu.attention(&q.t, &kv.k.buf, values, rel, shape, f)?;
+        Ok(self.act(out, shape.out_width()))
     }
 
     fn gelu_mul(&self, gate: &mut GpuAct, up: &GpuAct) -> Result<(), RunError> {
@@ -235,6 +256,16 @@ impl Backend for GpuBackend {
         let out = self.gpu.zeros(n);
         self.gpu.copy(&x.t.buf, start * x.width, &out.buf, 0, n);
         Ok(self.act(out, x.width))
+    }
+
+    fn columns(&self, parts: &[(&GpuAct, usize, usize)]) -> Result<GpuAct, RunError> {
+        let rows = super::cpu::check_columns(parts, |x| (self.tokens(x), x.width))?;
+        let width = parts.iter().map(|p| p.2).sum();
+        let parts: Vec<_> = parts
+            .iter()
+            .map(|&(x, first, n)| (&x.t, x.width, first, n))
+            .collect();
+        Ok(self.act(self.gpu.columns(&parts, rows, width), width))
     }
 
     fn concat(&self, parts: &[GpuAct]) -> Result<GpuAct, RunError> {

@@ -16,6 +16,33 @@ pub const REWIND: usize = PREFILL_CHUNK;
 /// are droppable keeps the cost per token small.
 pub const DROP_EVERY: usize = 64;
 
+/// What one position of one layer's cache holds: a key row `width` wide, and a value row as
+/// wide unless the values are part of the key (MLA's latent cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub width: usize,
+    pub values: bool,
+}
+
+impl KvLayout {
+    /// Keys and values of `width` each.
+    pub fn split(width: usize) -> Self {
+        KvLayout {
+            width,
+            values: true,
+        }
+    }
+
+    /// Values a position takes.
+    pub fn per_position(&self) -> usize {
+        if self.values {
+            2 * self.width
+        } else {
+            self.width
+        }
+    }
+}
+
 /// Positions `base..end` of a session, in a layer with `window` (0: no window).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvPositions {

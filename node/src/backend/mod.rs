@@ -12,6 +12,7 @@ use baton_shaders::cpu::AttnShape;
 
 use crate::error::RunError;
 use crate::model::TensorRef;
+pub use kv::KvLayout;
 
 /// One product of [`Backend::linear_groups`]: weights, their input, and its decode rows.
 pub type LinearGroup<'a, W, A> = (&'a [&'a W], &'a A, usize);
@@ -29,9 +30,14 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
     fn weight(&self, t: &TensorRef) -> Result<Self::Weight, RunError>;
     fn vector(&self, v: &[f32]) -> Result<Self::Vector, RunError>;
-    /// One layer's cache of keys and values `width` wide, for a session of up to `capacity`
-    /// positions, in a layer whose queries see the last `window` positions (0: all of them).
-    fn kv_cache(&self, width: usize, capacity: usize, window: usize) -> Result<Self::Kv, RunError>;
+    /// One layer's cache laid out as `layout`, for a session of up to `capacity` positions, in
+    /// a layer whose queries see the last `window` positions (0: all of them).
+    fn kv_cache(
+        &self,
+        layout: KvLayout,
+        capacity: usize,
+        window: usize,
+    ) -> Result<Self::Kv, RunError>;
     /// Forgets every position from `tokens` on; refused where a window layer no longer holds
     /// what a query there sees.
     fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize) -> Result<(), RunError>;
@@ -81,12 +87,13 @@ pub trait Backend: Send + Sync {
         factor: f32,
         interleaved: bool,
     ) -> Result<(), RunError>;
-    /// Appends `k`, `v` to the cache at `pos0` and attends causally over it.
+    /// Appends `k`, `v` to the cache at `pos0` and attends causally over it. `v` is `None` for
+    /// a cache without values of its own (a latent shape, [`AttnShape::latent`]).
     fn attention(
         &self,
         q: &Self::Act,
         k: &Self::Act,
-        v: &Self::Act,
+        v: Option<&Self::Act>,
         kv: &mut Self::Kv,
         pos0: usize,
         shape: &AttnShape,
@@ -101,6 +108,9 @@ pub trait Backend: Send + Sync {
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), RunError>;
     /// Rows `start..start + rows`.
     fn rows(&self, x: &Self::Act, start: usize, rows: usize) -> Result<Self::Act, RunError>;
+    /// Rows made of the column ranges `(x, first column, columns)` of each part's rows, side
+    /// by side; every part has the same rows.
+    fn columns(&self, parts: &[(&Self::Act, usize, usize)]) -> Result<Self::Act, RunError>;
     /// The rows of `parts`, one after the other.
     fn concat(&self, parts: &[Self::Act]) -> Result<Self::Act, RunError>;
     /// Rows `idx` of `x` in that order, row `r` multiplied by `scale[r]` when scales are given:

@@ -17,6 +17,11 @@ pub struct AttnShape {
     pub scale: f32,
     /// A query at position `p` sees positions `p - window + 1 ..= p`; 0 for no window.
     pub window: usize,
+    /// Values per head: `head_dim` for most models.
+    pub v_dim: usize,
+    /// The values are the first `v_dim` of each key rather than a cache of their own: MLA's
+    /// latent cache, which holds one compressed row per position that serves as both.
+    pub latent: bool,
 }
 
 impl AttnShape {
@@ -28,7 +33,28 @@ impl AttnShape {
             head_dim,
             scale: 1.0 / (head_dim as f32).sqrt(),
             window: 0,
+            v_dim: head_dim,
+            latent: false,
         }
+    }
+
+    /// Values a row of the value cache holds: the key row itself for a latent cache.
+    pub fn v_row(&self) -> usize {
+        self.kv_heads * self.v_head()
+    }
+
+    /// Where the values of KV head `h + 1` start after those of head `h` in a row.
+    pub fn v_head(&self) -> usize {
+        if self.latent {
+            self.head_dim
+        } else {
+            self.v_dim
+        }
+    }
+
+    /// The width of the output rows: each head's `v_dim` values.
+    pub fn out_width(&self) -> usize {
+        self.heads * self.v_dim
     }
 
     /// The first position a query at `pos` sees.
@@ -42,7 +68,8 @@ impl AttnShape {
 }
 
 /// Attention of `tokens` new queries at positions `pos0..` over a cache that already holds
-/// their keys and values: `k`, `v` are `[pos0 + tokens, kv_heads · head_dim]`.
+/// their keys and values: `k` is `[pos0 + tokens, kv_heads · head_dim]`, `v` is
+/// `[pos0 + tokens, v_row]` (`k` itself for a latent cache), `out` is `[tokens, out_width]`.
 ///
 /// # Panics
 /// When `q`, `k`, `v` or `out` are not of the lengths the shape and `pos0` imply.
@@ -55,11 +82,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, a: &AttnShape, ou
     let q_width = heads * head_dim;
     let tokens = q.len() / q_width;
     let kv_width = kv_heads * head_dim;
+    let (v_dim, v_row, v_head) = (a.v_dim, a.v_row(), a.v_head());
     assert!(
         q.len() == tokens * q_width
-            && out.len() == q.len()
+            && out.len() == tokens * a.out_width()
             && k.len() == (pos0 + tokens) * kv_width
-            && v.len() == k.len(),
+            && v.len() == (pos0 + tokens) * v_row
+            && v_dim <= v_head,
         "attention: q {}, k {}, v {}, out {} do not fit {tokens} tokens after {pos0}",
         q.len(),
         k.len(),
@@ -71,10 +100,10 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, a: &AttnShape, ou
     }
     let group = heads / kv_heads;
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let pairs = out.len() / head_dim;
+    let pairs = tokens * heads;
     pool().for_each(pairs, Vec::new, |i, scores: &mut Vec<f32>| {
-        // SAFETY: each (token, head) pair `i` owns the disjoint slice i·head_dim.. of `out`.
-        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * head_dim), head_dim) };
+        // SAFETY: each (token, head) pair `i` owns the disjoint slice i·v_dim.. of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(i * v_dim), v_dim) };
         let (t, h) = (i / heads, i % heads);
         let kvh = h / group;
         let qh = &q[i * head_dim..(i + 1) * head_dim];
@@ -94,7 +123,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], pos0: usize, a: &AttnShape, ou
         }
         o.fill(0.0);
         for (p, s) in (lo..len).zip(scores.iter()) {
-            let vp = &v[p * kv_width + kvh * head_dim..][..head_dim];
+            let vp = &v[p * v_row + kvh * v_head..][..v_dim];
             let wgt = s / total;
             for (a, b) in o.iter_mut().zip(vp) {
                 *a += wgt * b;
@@ -154,22 +183,23 @@ fn attention_gemm(q: &[f32], k: &[f32], v: &[f32], pos0: usize, a: &AttnShape, o
                 early.fill(0.0);
                 masked.fill(0.0);
             }
-            // SAFETY: as above; scores is [tokens, len], v is [len, kv_width].
+            // SAFETY: as above; scores is [tokens, len], v is [len, v_row], out is
+            // [tokens, out_width] and head h alone writes its columns h·v_dim.. of it.
             unsafe {
                 matrixmultiply::sgemm(
                     tokens,
                     len,
-                    head_dim,
+                    a.v_dim,
                     1.0,
                     scores.as_ptr(),
                     len as isize,
                     1,
-                    v.as_ptr().add(kv0),
-                    kv_width as isize,
+                    v.as_ptr().add((h / group) * a.v_head()),
+                    a.v_row() as isize,
                     1,
                     0.0,
-                    out_ptr.at(h * head_dim),
-                    q_width as isize,
+                    out_ptr.at(h * a.v_dim),
+                    a.out_width() as isize,
                     1,
                 );
             }
@@ -217,6 +247,36 @@ mod tests {
                 );
                 for (x, y) in one.iter().zip(&gemm[t * w..(t + 1) * w]) {
                     assert!((x - y).abs() < 1e-5, "window {window}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_latent_cache_attends_as_a_cache_of_the_keys_first_values() {
+        // One KV head of 12 whose first 8 are the values, as MLA keeps its cache.
+        let mut a = AttnShape::new(3, 1, 12);
+        a.scale = 0.3;
+        let mut latent = a;
+        latent.v_dim = 8;
+        latent.latent = true;
+        let mut apart = a;
+        apart.v_dim = 8;
+        for (pos0, tokens) in [(5, 1), (9, 6)] {
+            let len = pos0 + tokens;
+            let (q, k) = (r(tokens * 36, 1), r(len * 12, 2));
+            let v: Vec<f32> = k.chunks(12).flat_map(|row| row[..8].to_vec()).collect();
+            let mut want = vec![0f32; tokens * 24];
+            attention(&q, &k, &v, pos0, &apart, &mut want);
+            let mut got = vec![0f32; tokens * 24];
+            attention(&q, &k, &k, pos0, &latent, &mut got);
+            assert_eq!(got, want);
+            // Against full-width values, whose first 8 of each head are these.
+            let mut full = vec![0f32; tokens * 36];
+            attention(&q, &k, &k, pos0, &a, &mut full);
+            for (g, f) in got.chunks(8).zip(full.chunks(12)) {
+                for (x, y) in g.iter().zip(f) {
+                    assert!((x - y).abs() < 1e-5, "{x} vs {y}");
                 }
             }
         }

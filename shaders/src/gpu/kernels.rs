@@ -23,6 +23,7 @@ pub(super) fn source(name: &str) -> (&'static str, &'static str) {
         "add_rows" => (include_str!("../../wgsl/elementwise.wgsl"), "add_rows"),
         "scale" => (include_str!("../../wgsl/elementwise.wgsl"), "scale"),
         "gather" => (include_str!("../../wgsl/gather.wgsl"), "main"),
+        "columns" => (include_str!("../../wgsl/columns.wgsl"), "main"),
         other => unreachable!("no kernel named {other}"),
     }
 }
@@ -168,8 +169,9 @@ impl Gpu {
     }
 
     /// Attention of `q [tokens, heads · head_dim]` at positions `pos0..` over caches in `format`
-    /// ([`Gpu::kv_store`]) that hold positions `0..pos0 + tokens`, each row
-    /// `kv_heads · head_dim` wide, with the shape's scale and window.
+    /// ([`Gpu::kv_store`]) that hold positions `0..pos0 + tokens`: key rows
+    /// `kv_heads · head_dim` wide, value rows [`AttnShape::v_row`] wide (for a latent shape,
+    /// `v_cache` is the key cache), with the shape's scale and window.
     pub fn attention(
         &self,
         q: &GpuTensor,
@@ -179,11 +181,14 @@ impl Gpu {
         a: &AttnShape,
         format: KvFormat,
     ) -> Result<GpuTensor, GpuError> {
-        if a.head_dim > 256 || !a.head_dim.is_multiple_of(2) {
+        if a.head_dim > 1024 || !a.head_dim.is_multiple_of(2) {
             return Err(GpuError::HeadDim(a.head_dim));
         }
+        if a.v_dim > 512 || a.v_dim > a.v_head() || (a.latent && a.kv_heads != 1) {
+            return Err(GpuError::ValueDim(a.v_dim));
+        }
         let tokens = q.len / (a.heads * a.head_dim);
-        let out = self.zeros(q.len);
+        let out = self.zeros(tokens * a.out_width());
         let params = [
             a.heads as u32,
             a.kv_heads as u32,
@@ -192,7 +197,7 @@ impl Gpu {
             (a.kv_heads * a.head_dim) as u32,
             a.scale.to_bits(),
             a.window.min(u32::MAX as usize) as u32,
-            0,
+            a.v_dim as u32 | (u32::from(a.latent) << 16),
         ];
         self.dispatch(
             "attention",
@@ -261,6 +266,33 @@ impl Gpu {
             &[&x.buf, &ib, &sb.buf, &out.buf],
             grid_1d(idx.len() * width),
         );
+        out
+    }
+
+    /// Rows of `width` whose columns are the given column ranges `(x, x's width, first
+    /// column, columns)` of the rows of each part, one after the other; every part has `rows`.
+    pub fn columns(
+        &self,
+        parts: &[(&GpuTensor, usize, usize, usize)],
+        rows: usize,
+        width: usize,
+    ) -> GpuTensor {
+        let out = self.zeros(rows * width);
+        let mut at = 0;
+        for &(x, x_width, first, n) in parts {
+            let params = [
+                rows as u32,
+                n as u32,
+                x_width as u32,
+                first as u32,
+                width as u32,
+                at as u32,
+                0,
+                0,
+            ];
+            self.dispatch("columns", 0, params, &[&x.buf, &out.buf], grid_1d(rows * n));
+            at += n;
+        }
         out
     }
 }

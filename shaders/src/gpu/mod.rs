@@ -29,8 +29,13 @@ pub enum GpuError {
         row_bytes: usize,
         max: u64,
     },
-    #[error("head dimension {0} is not an even number up to 256, as the attention kernel needs")]
+    #[error("head dimension {0} is not an even number up to 1024, as the attention kernel needs")]
     HeadDim(usize),
+    #[error(
+        "{0} values per head: the attention kernel takes up to 512, no more than a key holds, \
+         and a latent cache of one KV head"
+    )]
+    ValueDim(usize),
 }
 
 /// An adapter wgpu can see, as `baton-node info` lists it.

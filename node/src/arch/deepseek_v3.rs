@@ -1,0 +1,206 @@
+//! DeepSeek-V3 and R1: multi-head latent attention ([`crate::mla`]) and, after the first
+//! `first_k_dense_replace` dense layers, a mixture of SiLU-gated experts with grouped sigmoid
+//! routing (`e_score_correction_bias` for the choice only, `n_group` groups of which
+//! `topk_group` stay, weights renormalised with `norm_topk_prob` and times
+//! `routed_scaling_factor`) plus shared experts added unweighted.
+//!
+//! The decoupled RoPE part is interleaved (`rope_interleave`, the default); under YaRN the
+//! softmax scale is `(nope + rope)^-½ · mscale(factor, mscale_all_dim)²`.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use super::{hf, rope, Arch, ModelConfig};
+use crate::backend::Backend;
+use crate::error::{Error, LoadError, RunError};
+use crate::layers::{Activation, Block, Ffn, Loader};
+use crate::mla::{MlaAttention, MlaConfig};
+use crate::model::ModelFile;
+use crate::moe::{MoeConfig, Routing};
+use crate::pass::Pass;
+
+/// The attention's tensors, besides the norms.
+const ATTENTION: &[&str] = &[
+    "attn_q_a.weight",
+    "attn_q_a_norm.weight",
+    "attn_q_b.weight",
+    "attn_kv_a_mqa.weight",
+    "attn_kv_a_norm.weight",
+    "attn_output.weight",
+];
+
+pub fn uses_part(c: &ModelConfig, part: &str) -> bool {
+    let mla = c.mla.as_ref();
+    let q = match mla.map(|m| m.q_lora) {
+        Some(0) => part == "attn_q.weight",
+        _ => ATTENTION[..3].contains(&part),
+    };
+    let moe = c.moe.as_ref().is_some_and(|m| m.uses_part(part));
+    q || moe
+        || ATTENTION[3..].contains(&part)
+        || matches!(
+            part,
+            "attn_norm.weight"
+                | "ffn_norm.weight"
+                | "attn_kv_b.weight"
+                | "attn_k_b.weight"
+                | "attn_v_b.weight"
+                | "ffn_gate.weight"
+                | "ffn_up.weight"
+                | "ffn_down.weight"
+        )
+}
+
+pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
+    let bad = |what: String| LoadError::Config {
+        path: path.to_path_buf(),
+        what,
+    };
+    let h = hf::Common::parse(path, raw, "silu")?;
+    let mut c = h.config(path, Arch::DeepseekV3, 10000.0, 1e-6)?;
+    let int = |k: &str| raw.get(k).and_then(Json::as_u64).map(|v| v as usize);
+    let need = |k: &str| int(k).ok_or_else(|| bad(format!("`{k}` is missing")));
+    if let Some(f) = raw.get("scoring_func").and_then(Json::as_str) {
+        if f != "sigmoid" {
+            return Err(bad(format!(
+                "`scoring_func` {f} is not DeepSeek-V3's sigmoid"
+            )));
+        }
+    }
+    let (nope, rope_dim) = (need("qk_nope_head_dim")?, need("qk_rope_head_dim")?);
+    let mut scale = ((nope + rope_dim) as f32).powf(-0.5);
+    let params = raw
+        .get("rope_parameters")
+        .filter(|v| !v.is_null())
+        .or_else(|| raw.get("rope_scaling").filter(|v| !v.is_null()));
+    if let Some(p) = params {
+        let kind = p.get("rope_type").or_else(|| p.get("type"));
+        let all_dim = p.get("mscale_all_dim").and_then(Json::as_f64);
+        let factor = p.get("factor").and_then(Json::as_f64);
+        if let (Some(kind), Some(all), Some(f)) = (kind.and_then(Json::as_str), all_dim, factor) {
+            if kind != "default" && all != 0.0 {
+                let m = rope::yarn_mscale(f as f32, all as f32);
+                scale *= m * m;
+            }
+        }
+    }
+    let mla = MlaConfig {
+        q_lora: int("q_lora_rank").unwrap_or(0),
+        kv_lora: need("kv_lora_rank")?,
+        nope,
+        rope: rope_dim,
+        v: need("v_head_dim")?,
+        scale,
+    };
+    mla.check().map_err(bad)?;
+    c.head_dim = mla.latent_width();
+    c.kv_heads = 1;
+    c.rope.dims = rope_dim;
+    c.rope.interleaved = raw
+        .get("rope_interleave")
+        .and_then(Json::as_bool)
+        .unwrap_or(true);
+    c.mla = Some(mla);
+    let experts = need("n_routed_experts")?;
+    let ffn = need("moe_intermediate_size")?;
+    let dense = int("first_k_dense_replace").unwrap_or(0);
+    c.moe = Some(MoeConfig {
+        experts,
+        used: need("num_experts_per_tok")?,
+        ffn,
+        routing: Routing::Grouped {
+            groups: int("n_group").unwrap_or(1),
+            keep: int("topk_group").unwrap_or(1),
+            renorm: raw
+                .get("norm_topk_prob")
+                .and_then(Json::as_bool)
+                .unwrap_or(true),
+            scale: raw
+                .get("routed_scaling_factor")
+                .and_then(Json::as_f64)
+                .unwrap_or(1.0) as f32,
+        },
+        dense: (0..c.layers.min(dense)).collect(),
+        shared: int("n_shared_experts").unwrap_or(0).saturating_mul(ffn),
+    });
+    Ok(c)
+}
+
+pub fn hf_to_gguf(name: &str) -> Option<String> {
+    let experts = [
+        ("gate_proj", "ffn_gate"),
+        ("up_proj", "ffn_up"),
+        ("down_proj", "ffn_down"),
+    ];
+    if let Some(rest) = name.strip_suffix(".mlp.gate.e_score_correction_bias") {
+        let i: usize = rest.strip_prefix("model.layers.")?.parse().ok()?;
+        return Some(format!("blk.{i}.exp_probs_b.bias"));
+    }
+    hf::expert_name(name, "mlp.experts.", &experts).or_else(|| {
+        hf::map_names(
+            name,
+            &[
+                ("post_attention_layernorm", "ffn_norm"),
+                ("mlp.gate", "ffn_gate_inp"),
+                ("mlp.shared_experts.gate_proj", "ffn_gate_shexp"),
+                ("mlp.shared_experts.up_proj", "ffn_up_shexp"),
+                ("mlp.shared_experts.down_proj", "ffn_down_shexp"),
+                ("self_attn.q_a_proj", "attn_q_a"),
+                ("self_attn.q_a_layernorm", "attn_q_a_norm"),
+                ("self_attn.q_b_proj", "attn_q_b"),
+                ("self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"),
+                ("self_attn.kv_a_layernorm", "attn_kv_a_norm"),
+                ("self_attn.kv_b_proj", "attn_kv_b"),
+            ],
+        )
+    })
+}
+
+/// A pre-norm block: `x += mla(norm(x))`, then `x += ffn(norm(x))`.
+struct DeepseekBlock<B: Backend> {
+    attn_norm: B::Vector,
+    attn: MlaAttention<B>,
+    ffn_norm: B::Vector,
+    ffn: Ffn<B>,
+    eps: f32,
+}
+
+impl<B: Backend> Block<B> for DeepseekBlock<B> {
+    fn forward(
+        &self,
+        be: &B,
+        x: &mut B::Act,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
+    ) -> Result<(), RunError> {
+        let xn = be.rmsnorm(x, &self.attn_norm, self.eps)?;
+        let o = self.attn.forward(be, &xn, kvs, pass)?;
+        be.add(x, &o)?;
+        let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
+        let d = self.ffn.forward(be, &xn, pass)?;
+        be.add(x, &d)
+    }
+}
+
+pub fn load_block<B: Backend + 'static>(
+    model: &ModelFile,
+    c: &ModelConfig,
+    mla: &MlaConfig,
+    i: usize,
+    backend: &B,
+) -> Result<Box<dyn Block<B>>, Error> {
+    let l = Loader {
+        model,
+        config: c,
+        backend,
+        block: i,
+    };
+    Ok(Box::new(DeepseekBlock {
+        attn_norm: l.norm("attn_norm", c.hidden)?,
+        attn: MlaAttention::load(&l, mla)?,
+        ffn_norm: l.norm("ffn_norm", c.hidden)?,
+        ffn: Ffn::load(&l, Activation::Silu)?,
+        eps: c.rms_eps,
+    }))
+}
