@@ -278,3 +278,34 @@ fn broken_expert_configs_get_clear_errors() {
     expect_error_naming(&dir, &dir, |e| matches!(e, LoadError::MissingTensor { .. }));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// DeepSeek-V3 configs whose routing groups or latent attention make no sense, or whose
+/// weights are missing a part of latent attention.
+#[test]
+fn broken_deepseek_configs_get_clear_errors() {
+    let dir = fixture_copy("moe/deepseek_v3", "deepseek");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let p = dir.join("config.json");
+    let set = |from: &str, to: &str| {
+        assert!(config.contains(from), "{from}");
+        std::fs::write(&p, config.replace(from, to)).unwrap();
+    };
+    let config_error = |needle: &'static str| move |e: &LoadError| matches!(e, LoadError::Config { what, .. } if what.contains(needle));
+    set("\"n_group\": 4", "\"n_group\": 3");
+    expect_error_naming(&dir, &p, config_error("groups"));
+    set("\"topk_group\": 2", "\"topk_group\": 5");
+    expect_error_naming(&dir, &p, config_error("from 5 of 4 groups"));
+    set("\"kv_lora_rank\": 32", "\"kv_lora_rank\": 0");
+    expect_error_naming(&dir, &p, config_error("MLA"));
+    set("\"qk_rope_head_dim\": 8", "\"qk_rope_head_dim\": 7");
+    expect_error_naming(&dir, &p, config_error("RoPE part"));
+    // Without q_lora_rank the query is one projection, `attn_q`, which the folder lacks.
+    set("\"q_lora_rank\": 48", "\"q_lora_rank\": null");
+    expect_error_naming(&dir, &dir, |e| {
+        matches!(
+            e,
+            LoadError::MissingTensor { .. } | LoadError::UnusedTensor { .. }
+        )
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,8 +12,10 @@ use baton_protocol::Span;
 use baton_shaders::cpu::quantize_row;
 use baton_shaders::DType;
 
+mod fixture_gguf;
 mod reference;
 mod tiny;
+use fixture_gguf::Fixture;
 use tiny::{tensor, tiny_meta, tiny_tensors, values, F, H, LAYERS};
 
 const EXPERTS: usize = 4;
@@ -135,55 +137,15 @@ fn a_stacked_tensor_of_other_experts_is_refused() {
 /// stacked in expert order (`[cols, rows, experts]`), the router as `ffn_gate_inp`.
 #[test]
 fn a_qwen3moe_gguf_with_stacked_experts_reproduces_the_reference() {
-    let src = baton_tests::fixtures_dir().join("moe/qwen3_moe");
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let get = |name: &str| {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::BF16, "{name}");
-        let dims: Vec<u64> = t.shape().iter().rev().map(|&d| d as u64).collect();
-        (dims, t.data().to_vec())
-    };
-    let bf16 = ggml_kind(DType::Bf16);
-    let mut tensors = Vec::new();
-    let mut put = |name: String, (dims, data): (Vec<u64>, Vec<u8>)| {
-        tensors.push(Tensor {
-            name,
-            dims,
-            kind: bf16,
-            data,
-        })
-    };
-    // Every tensor but the experts' under the names the folder's loader gives them (checked
-    // against the same reference by `moe.rs`); the experts stacked here.
-    let config = ModelFile::open(&src).unwrap().config;
-    for name in st.names() {
-        if !name.contains(".mlp.experts.") {
-            put(config.hf_to_gguf(name).unwrap(), get(name));
-        }
-    }
+    let f = Fixture::open("qwen3_moe");
     let (layers, experts) = (4, 8);
-    for i in 0..layers {
-        let hf = |p: &str| format!("model.layers.{i}.{p}.weight");
-        let gg = |p: &str| format!("blk.{i}.{p}.weight");
-        for (h, g) in [
-            ("gate_proj", "ffn_gate_exps"),
-            ("up_proj", "ffn_up_exps"),
-            ("down_proj", "ffn_down_exps"),
-        ] {
-            let parts: Vec<_> = (0..experts)
-                .map(|e| get(&hf(&format!("mlp.experts.{e}.{h}"))))
-                .collect();
-            let mut dims = parts[0].0.clone();
-            dims.push(experts as u64);
-            put(gg(g), (dims, parts.into_iter().flat_map(|p| p.1).collect()));
-        }
-    }
+    let mut tensors = f.mapped(|n| !n.contains(".mlp.experts."));
+    tensors.extend(f.stacked_experts(0..layers, experts));
     let u = |v: u32| Value::U32(v);
     let meta = vec![
         ("general.architecture", Value::String("qwen3moe".into())),
         ("qwen3moe.embedding_length", u(64)),
-        ("qwen3moe.block_count", u(layers)),
+        ("qwen3moe.block_count", u(layers as u32)),
         ("qwen3moe.feed_forward_length", u(128)),
         ("qwen3moe.attention.head_count", u(4)),
         ("qwen3moe.attention.head_count_kv", u(2)),
@@ -196,21 +158,9 @@ fn a_qwen3moe_gguf_with_stacked_experts_reproduces_the_reference() {
         ("qwen3moe.rope.freq_base", Value::F32(10000.0)),
         ("qwen3moe.context_length", u(256)),
         ("qwen3moe.vocab_size", u(512)),
-        ("qwen3moe.expert_count", u(experts)),
+        ("qwen3moe.expert_count", u(experts as u32)),
         ("qwen3moe.expert_used_count", u(2)),
         ("qwen3moe.expert_feed_forward_length", u(64)),
     ];
-    let dir = std::env::temp_dir().join(format!("baton-qwen3moe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("qwen3moe.gguf");
-    std::fs::write(&path, gguf_bytes(&meta, &tensors)).unwrap();
-    let model = ModelFile::open(&path).unwrap();
-    assert_eq!(model.config.moe.as_ref().map(|m| m.ffn), Some(64));
-    reference::check_folder(
-        &path,
-        &src.join("reference.safetensors"),
-        BackendChoice::Cpu.into(),
-        1e-3,
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
+    f.check("qwen3moe", &meta, &tensors);
 }

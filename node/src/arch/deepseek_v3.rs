@@ -6,12 +6,17 @@
 //!
 //! The decoupled RoPE part is interleaved (`rope_interleave`, the default); under YaRN the
 //! softmax scale is `(nope + rope)^-½ · mscale(factor, mscale_all_dim)²`.
+//!
+//! GGUF calls it `deepseek2`, in two layouts: the older one with `attn_kv_b` and per-head key
+//! and value lengths, and the one for latent attention, with `attn_k_b` and `attn_v_b` split
+//! per head, one KV head, and the per-head lengths under `key_length_mla` and
+//! `value_length_mla`. DeepSeek-V2's softmax routing loads only without groups and scaling.
 
 use std::path::Path;
 
 use serde_json::Value as Json;
 
-use super::{hf, rope, Arch, ModelConfig};
+use super::{hf, rope, Arch, GgufKeys, ModelConfig, RopeScaling};
 use crate::backend::Backend;
 use crate::error::{Error, LoadError, RunError};
 use crate::layers::{Activation, Block, Ffn, Loader};
@@ -50,6 +55,112 @@ pub fn uses_part(c: &ModelConfig, part: &str) -> bool {
                 | "ffn_up.weight"
                 | "ffn_down.weight"
         )
+}
+
+/// The GGUF keys `deepseek2` adds to the common ones.
+const KEYS: &[&str] = &[
+    "leading_dense_block_count",
+    "expert_count",
+    "expert_used_count",
+    "expert_feed_forward_length",
+    "expert_shared_count",
+    "expert_weights_scale",
+    "expert_weights_norm",
+    "expert_gating_func",
+    "expert_group_count",
+    "expert_group_used_count",
+    "attention.q_lora_rank",
+    "attention.kv_lora_rank",
+    "attention.key_length_mla",
+    "attention.value_length_mla",
+    "rope.scaling.yarn_log_multiplier",
+];
+
+pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
+    let k = GgufKeys {
+        g,
+        arch: "deepseek2",
+    };
+    k.refuse_unknown(KEYS)?;
+    let bad = |what: String| LoadError::Config {
+        path: g.path.clone(),
+        what,
+    };
+    let mut c = k.common(Arch::DeepseekV3, true)?;
+    let rope_dim = k.u("rope.dimension_count")?;
+    // The per-head lengths: under `_mla` in the latent layout, else the plain ones.
+    let (qk, v) = match g.get(&k.key("attention.key_length_mla")) {
+        Some(_) => (
+            k.u("attention.key_length_mla")?,
+            k.u("attention.value_length_mla")?,
+        ),
+        None => (k.u("attention.key_length")?, k.u("attention.value_length")?),
+    };
+    let nope = qk
+        .checked_sub(rope_dim)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad(format!("a key length of {qk} with {rope_dim} for RoPE")))?;
+    let mut scale = (qk as f32).powf(-0.5);
+    if let RopeScaling::Yarn {
+        factor,
+        attention_factor,
+        ..
+    } = &mut c.rope.scaling
+    {
+        // llama.cpp's `yarn_log_multiplier` is 0.1 · mscale_all_dim; RoPE itself is not scaled.
+        let m = 1.0 + k.f_or("rope.scaling.yarn_log_multiplier", 0.0) as f32 * factor.ln();
+        scale *= m * m;
+        *attention_factor = Some(1.0);
+    }
+    let mla = MlaConfig {
+        q_lora: k.u_or("attention.q_lora_rank", 0),
+        kv_lora: k.u("attention.kv_lora_rank")?,
+        nope,
+        rope: rope_dim,
+        v,
+        scale,
+    };
+    mla.check().map_err(bad)?;
+    let ffn = k.u("expert_feed_forward_length")?;
+    let norm = g
+        .get(&k.key("expert_weights_norm"))
+        .is_some_and(|v| matches!(v, crate::gguf::Value::Bool(true)));
+    let weights_scale = k.f_or("expert_weights_scale", 1.0) as f32;
+    let groups = k.u_or("expert_group_count", 1);
+    let routing = match k.u_or("expert_gating_func", 1) {
+        2 => Routing::Grouped {
+            groups,
+            keep: k.u_or("expert_group_used_count", 1),
+            renorm: norm,
+            scale: weights_scale,
+        },
+        1 if groups <= 1 && weights_scale == 1.0 => Routing::Softmax { renorm: norm },
+        f => {
+            return Err(bad(format!(
+                "expert gating {f} with {groups} groups and a weight scale of {weights_scale} \
+                 is not supported (DeepSeek-V3's sigmoid gating is, and softmax gating \
+                 without groups or scaling)"
+            )))
+        }
+    };
+    c.moe = Some(MoeConfig {
+        experts: k.u("expert_count")?,
+        used: k.u("expert_used_count")?,
+        ffn,
+        routing,
+        dense: (0..c.layers.min(k.u_or("leading_dense_block_count", 0))).collect(),
+        shared: k.u_or("expert_shared_count", 0).saturating_mul(ffn),
+    });
+    latent(&mut c, mla);
+    Ok(c)
+}
+
+/// Latent attention in place of the config's heads: one KV head of the cached row's width.
+fn latent(c: &mut ModelConfig, mla: MlaConfig) {
+    c.head_dim = mla.latent_width();
+    c.kv_heads = 1;
+    c.rope.dims = mla.rope;
+    c.mla = Some(mla);
 }
 
 pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
@@ -94,14 +205,11 @@ pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
         scale,
     };
     mla.check().map_err(bad)?;
-    c.head_dim = mla.latent_width();
-    c.kv_heads = 1;
-    c.rope.dims = rope_dim;
     c.rope.interleaved = raw
         .get("rope_interleave")
         .and_then(Json::as_bool)
         .unwrap_or(true);
-    c.mla = Some(mla);
+    latent(&mut c, mla);
     let experts = need("n_routed_experts")?;
     let ffn = need("moe_intermediate_size")?;
     let dense = int("first_k_dense_replace").unwrap_or(0);

@@ -64,7 +64,8 @@ impl Arch {
 }
 
 /// The GGUF `general.architecture` values and Hugging Face `model_type`s Baton runs.
-pub const SUPPORTED: &str = "llama (Mixtral too), mistral, qwen2, qwen3, qwen3moe, gemma3 \
+pub const SUPPORTED: &str = "llama (Mixtral too), mistral, qwen2, qwen3, qwen3moe, gemma3, \
+     deepseek2 \
      (Hugging Face model_type: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma3_text, \
      deepseek_v3)";
 
@@ -170,6 +171,7 @@ impl ModelConfig {
             }
             "llama" | "mistral" => llama::from_gguf(g, &arch)?,
             "qwen3moe" => qwen3_moe::from_gguf(g)?,
+            "deepseek2" => deepseek_v3::from_gguf(g)?,
             "qwen2" | "qwen3" => qwen::from_gguf(g, &arch)?,
             "gemma3" => gemma3::from_gguf(g)?,
             _ => {
