@@ -14,6 +14,7 @@ pub mod backend;
 pub mod blob;
 pub mod dht;
 pub mod error;
+pub mod fp8;
 pub mod fuzzing;
 pub mod gguf;
 pub mod join;

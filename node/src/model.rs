@@ -12,6 +12,7 @@ use crate::blob::Blob;
 
 use crate::arch::ModelConfig;
 use crate::error::LoadError;
+use crate::fp8::Fp8Source;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
@@ -40,11 +41,38 @@ pub struct TensorRef {
     map: Arc<Blob>,
     offset: usize,
     len: usize,
+    /// FP8 blocks packed on first read: then `offset` and `len` lie in the packed bytes.
+    fp8: Option<Arc<Fp8Source>>,
 }
 
 impl TensorRef {
     pub fn bytes(&self) -> &[u8] {
-        &self.map[self.offset..self.offset + self.len]
+        match &self.fp8 {
+            Some(source) => &source.bytes()[self.offset..self.offset + self.len],
+            None => &self.map[self.offset..self.offset + self.len],
+        }
+    }
+
+    /// A weight of FP8 blocks packed from `source` when first read, `len` bytes packed.
+    pub(crate) fn packed_fp8(
+        name: String,
+        dims: Vec<usize>,
+        source: Arc<Fp8Source>,
+        len: usize,
+    ) -> TensorRef {
+        TensorRef {
+            name,
+            dtype: DType::Fp8E4M3,
+            dims,
+            map: Arc::new(Blob::Owned(Vec::new())),
+            offset: 0,
+            len,
+            fp8: Some(source),
+        }
+    }
+
+    pub(crate) fn is_packed_fp8(&self) -> bool {
+        self.fp8.is_some()
     }
 
     pub fn cols(&self) -> usize {
@@ -74,6 +102,7 @@ impl TensorRef {
             map: self.map.clone(),
             offset: self.offset + start * rb,
             len: n * rb,
+            fp8: self.fp8.clone(),
         })
     }
 
@@ -114,6 +143,7 @@ impl TensorRef {
             len: bytes.len(),
             map: Arc::new(Blob::Owned(bytes)),
             offset: 0,
+            fp8: None,
         })
     }
 
@@ -132,6 +162,7 @@ impl TensorRef {
             map: self.map.clone(),
             offset: self.offset + i * len,
             len,
+            fp8: self.fp8.clone(),
         })
     }
 
@@ -194,6 +225,7 @@ impl ModelFile {
                     map: g.map.clone(),
                     offset: t.offset,
                     len: t.len,
+                    fp8: None,
                 };
                 (t.name.clone(), r)
             })
@@ -214,22 +246,32 @@ impl ModelFile {
         let config_path = dir.join("config.json");
         let config = ModelConfig::from_hf_json(&config_path, &read(config_path.clone())?)?;
         let shards = hf_shards(dir)?;
-        let mut tensors = HashMap::new();
+        let mut by_hf = HashMap::new();
+        let mut shard_of = HashMap::new();
         for shard in shards {
             for t in read_safetensors(&shard)? {
                 // Buffers some checkpoints save that are derived from the config.
                 if t.name.ends_with("rotary_emb.inv_freq") {
                     continue;
                 }
-                let name = config
-                    .hf_to_gguf(&t.name)
-                    .ok_or_else(|| LoadError::UnusedTensor {
-                        path: shard.clone(),
-                        tensor: t.name.clone(),
-                        arch: config.arch.name(),
-                    })?;
-                tensors.insert(name.clone(), TensorRef { name, ..t });
+                shard_of.insert(t.name.clone(), shard.clone());
+                by_hf.insert(t.name.clone(), t);
             }
+        }
+        crate::fp8::pair(&mut by_hf, dir)?;
+        let mut tensors = HashMap::new();
+        for (hf, t) in by_hf {
+            let name = config
+                .hf_to_gguf(&hf)
+                .ok_or_else(|| LoadError::UnusedTensor {
+                    path: shard_of
+                        .get(&hf)
+                        .cloned()
+                        .unwrap_or_else(|| dir.to_path_buf()),
+                    tensor: hf.clone(),
+                    arch: config.arch.name(),
+                })?;
+            tensors.insert(name.clone(), TensorRef { name, ..t });
         }
         check_all_used(&config, dir, tensors.keys())?;
         Ok(ModelFile {
@@ -457,6 +499,8 @@ pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::Bf16,
+            // Raw E4M3 values, until paired with their scales (`fp8::pair`).
+            Dtype::F8_E4M3 => DType::Fp8E4M3,
             other => {
                 return Err(LoadError::QuantType {
                     path: path.to_path_buf(),
@@ -478,7 +522,11 @@ pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>
             dims.push(1);
         }
         let rows = dims[1..].iter().try_fold(1usize, |n, d| n.checked_mul(*d));
-        let want = rows.and_then(|r| dtype.row_bytes(dims[0]).ok()?.checked_mul(r));
+        let row_bytes = match dtype {
+            DType::Fp8E4M3 => Ok(dims[0]),
+            _ => dtype.row_bytes(dims[0]),
+        };
+        let want = rows.and_then(|r| row_bytes.ok()?.checked_mul(r));
         if want != Some(b - a) {
             return Err(LoadError::Corrupt {
                 path: path.to_path_buf(),
@@ -496,6 +544,7 @@ pub fn safetensors_tensors(path: &Path, map: Arc<Blob>) -> Result<Vec<TensorRef>
             map: map.clone(),
             offset: base + a,
             len: b - a,
+            fp8: None,
         });
     }
     Ok(out)

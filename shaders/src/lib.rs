@@ -15,4 +15,4 @@ pub mod cpu;
 pub mod gpu;
 mod quant;
 
-pub use quant::{dequantize_block, random_rows, DType, QTensor, QuantError, ALL_DTYPES};
+pub use quant::{dequantize_block, fp8, random_rows, DType, QTensor, QuantError, ALL_DTYPES};

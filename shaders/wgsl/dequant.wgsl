@@ -15,6 +15,15 @@ fn nib32(o: u32, i: u32) -> u32 {
     return select(byte & 0xfu, byte >> 4u, i >= 16u);
 }
 
+// An FP8 E4M3 byte: sign, 4 exponent bits biased by 7, 3 mantissa bits, subnormal at 0.
+fn e4m3(b: u32) -> f32 {
+    let e = (b >> 3u) & 0xfu;
+    let m = f32(b & 7u);
+    var v = m / 8.0 * exp2(-6.0);
+    if (e != 0u) { v = (1.0 + m / 8.0) * exp2(f32(e) - 7.0); }
+    return select(v, -v, (b & 0x80u) != 0u);
+}
+
 fn iq4_level(q: u32) -> f32 {
     var levels = array<f32, 16>(-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
                                 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
@@ -61,6 +70,10 @@ fn elem(ro: u32, e: u32) -> f32 {
             let i = e % 32u;
             let q = nib32(o + 8u, i) | (((wu32(o + 4u) >> i) & 1u) << 4u);
             return wf16(o) * f32(q) + wf16(o + 2u);
+        }
+        case 1000u: { // FP8 E4M3 in blocks of 128 after an f32 scale
+            let o = ro + (e / 128u) * 132u;
+            return bitcast<f32>(w[o >> 2u]) * e4m3(wbyte(o + 4u + e % 128u));
         }
         case 20u: { // IQ4_NL
             let o = ro + (e / 32u) * 18u;

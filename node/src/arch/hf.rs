@@ -50,6 +50,9 @@ impl Common {
                 "activation `{act}` is not supported for this architecture (expected {activation})"
             )));
         }
+        if let Some(q) = raw.get("quantization_config").filter(|q| !q.is_null()) {
+            check_quantization(q).map_err(bad)?;
+        }
         if c.attention_bias == Some(true) || c.mlp_bias == Some(true) {
             return Err(bad(
                 "`attention_bias` / `mlp_bias` are not supported for this architecture".into(),
@@ -96,6 +99,25 @@ impl Common {
             mla: None,
         })
     }
+}
+
+/// Of the checkpoints' quantization schemes, FP8 E4M3 with 128 × 128 scale tiles (DeepSeek-V3's,
+/// see [`crate::fp8`]) loads; its activations stay f32.
+fn check_quantization(q: &Json) -> Result<(), String> {
+    let method = q.get("quant_method").and_then(Json::as_str).unwrap_or("");
+    let fmt = q.get("fmt").and_then(Json::as_str).unwrap_or("e4m3");
+    let block: Option<Vec<u64>> = q
+        .get("weight_block_size")
+        .and_then(Json::as_array)
+        .map(|b| b.iter().filter_map(Json::as_u64).collect());
+    let tile = crate::fp8::TILE as u64;
+    if method == "fp8" && fmt == "e4m3" && block == Some(vec![tile, tile]) {
+        return Ok(());
+    }
+    Err(format!(
+        "quantization `{method}` ({fmt}, blocks {block:?}) is not supported: Hugging Face \
+         checkpoints load in f32, f16, bf16, or FP8 E4M3 with 128 × 128 scale blocks"
+    ))
 }
 
 /// The parts of a block every architecture names alike.

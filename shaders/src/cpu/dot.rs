@@ -362,9 +362,12 @@ pub(crate) mod tests {
             }
             for fill in [0x00u8, 0x80, 0xff, 0x77] {
                 let mut row = vec![fill; 2 * bytes];
-                // Keep scales finite and positive: f16 1.0 wherever a format keeps one first.
+                // Keep scales finite and positive: f16 1.0 wherever a format keeps one first
+                // (FP8's first is an f32).
                 for b in row.chunks_exact_mut(bytes) {
-                    if !matches!(dtype, DType::Q6K | DType::Q2K | DType::Q3K) {
+                    if dtype == DType::Fp8E4M3 {
+                        b[..4].copy_from_slice(&1f32.to_le_bytes());
+                    } else if !matches!(dtype, DType::Q6K | DType::Q2K | DType::Q3K) {
                         b[0] = 0x00;
                         b[1] = 0x3c;
                     }

@@ -4,6 +4,7 @@
 //! CPU and in WGSL, is tested against it, and it is tested against the `gguf` Python package's
 //! dequantization of the same blocks (`shaders/tests/quant_reference.rs`).
 
+pub mod fp8;
 pub(crate) mod kquants;
 pub(crate) mod legacy;
 
@@ -41,10 +42,13 @@ pub enum DType {
     Iq4Nl,
     /// 256 elements: 8 sub-blocks of 32 with 6-bit scales, nibbles into IQ4_NL's table.
     Iq4Xs,
+    /// 128 elements: f32 scale `d`, 128 × FP8 E4M3. Value = d·q. FP8 checkpoints' weights,
+    /// each row's blocks with the scale of their 128 × 128 tile ([`fp8`]); no GGUF type.
+    Fp8E4M3,
 }
 
 /// Every format, for tests and listings.
-pub const ALL_DTYPES: [DType; 15] = [
+pub const ALL_DTYPES: [DType; 16] = [
     DType::F32,
     DType::F16,
     DType::Bf16,
@@ -60,6 +64,7 @@ pub const ALL_DTYPES: [DType; 15] = [
     DType::Q6K,
     DType::Iq4Nl,
     DType::Iq4Xs,
+    DType::Fp8E4M3,
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +93,7 @@ impl DType {
                 32
             }
             DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K | DType::Iq4Xs => 256,
+            DType::Fp8E4M3 => fp8::BLOCK,
         }
     }
 
@@ -106,13 +112,14 @@ impl DType {
             DType::Q5K => 176,
             DType::Q6K => 210,
             DType::Iq4Xs => 136,
+            DType::Fp8E4M3 => fp8::BLOCK_BYTES,
         }
     }
 
     /// Byte offsets of the f16 scales inside one block (tests fill the rest with random bytes).
     pub fn f16_fields(self) -> &'static [usize] {
         match self {
-            DType::F32 | DType::F16 | DType::Bf16 => &[],
+            DType::F32 | DType::F16 | DType::Bf16 | DType::Fp8E4M3 => &[],
             DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::Iq4Nl | DType::Iq4Xs => &[0],
             DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
             DType::Q2K => &[80, 82],
@@ -151,10 +158,12 @@ impl DType {
             DType::Q6K => "q6_k",
             DType::Iq4Nl => "iq4_nl",
             DType::Iq4Xs => "iq4_xs",
+            DType::Fp8E4M3 => "fp8_e4m3",
         }
     }
 
-    /// GGML's number for the format, as GGUF files store it.
+    /// GGML's number for the format, as GGUF files store it; Baton's own, past GGML's, for a
+    /// format GGUF lacks ([`DType::in_gguf`]). The kernels are specialised by it.
     pub fn ggml_type(self) -> u32 {
         match self {
             DType::F32 => 0,
@@ -172,12 +181,20 @@ impl DType {
             DType::Iq4Nl => 20,
             DType::Iq4Xs => 23,
             DType::Bf16 => 30,
+            DType::Fp8E4M3 => 1000,
         }
+    }
+
+    /// Whether GGUF files may hold the format.
+    pub fn in_gguf(self) -> bool {
+        self != DType::Fp8E4M3
     }
 
     /// The format GGML numbers `kind`, when it is one Baton runs.
     pub fn from_ggml_type(kind: u32) -> Option<DType> {
-        ALL_DTYPES.into_iter().find(|d| d.ggml_type() == kind)
+        ALL_DTYPES
+            .into_iter()
+            .find(|d| d.in_gguf() && d.ggml_type() == kind)
     }
 }
 
@@ -259,6 +276,7 @@ pub fn dequantize_block(dtype: DType, b: &[u8], out: &mut [f32]) {
         DType::Q5K => kquants::q5_k(b, out),
         DType::Q6K => kquants::q6_k(b, out),
         DType::Iq4Xs => kquants::iq4_xs(b, out),
+        DType::Fp8E4M3 => fp8::block(b, out),
     }
 }
 
@@ -271,8 +289,8 @@ pub fn dequantize_row(dtype: DType, row: &[u8], out: &mut [f32]) {
 }
 
 /// Quantizes f32 values into `dtype` the way GGUF writers do, for the formats tests and the
-/// synthetic-model example write (f32, f16, bf16, Q8_0, Q4_1); `None` for the others, whose
-/// test data are random blocks ([`DType::f16_fields`]).
+/// synthetic-model example write (f32, f16, bf16, Q8_0, Q4_1, and FP8 blocks); `None` for the
+/// others, whose test data are random blocks ([`DType::f16_fields`]).
 pub fn quantize_row(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     match dtype {
@@ -308,6 +326,7 @@ pub fn quantize_row(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
                 }
             }
         }
+        DType::Fp8E4M3 => fp8::quantize(values, &mut out),
         _ => return None,
     }
     Some(out)
@@ -340,6 +359,11 @@ pub fn random_rows(
     for blk in out.chunks_exact_mut(bb) {
         for &o in dtype.f16_fields() {
             blk[o..o + 2].copy_from_slice(&f16::from_f32(scale()).to_le_bytes());
+        }
+        if dtype == DType::Fp8E4M3 {
+            blk[..4].copy_from_slice(&scale().to_le_bytes());
+            // No NaNs among the values.
+            blk[4..].iter_mut().for_each(|b| *b &= 0xf7);
         }
     }
     out
