@@ -17,6 +17,7 @@ pub mod error;
 pub mod fp8;
 pub mod fuzzing;
 pub mod gguf;
+pub mod inspect;
 pub mod join;
 pub mod layers;
 pub mod metrics;

@@ -28,6 +28,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// List the compute backends and devices found on this machine.
     Info(cli::info::InfoArgs),
+    /// Print what a model takes: parameters, bytes per block and per expert, KV cache per
+    /// token, and how much of it a node of a given memory holds (a config.json alone will do).
+    Inspect(cli::inspect::InspectArgs),
     /// Join a swarm (or start one) and serve a span of a model's blocks to it.
     Join(cli::join::JoinArgs),
 }
@@ -51,6 +54,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
         Command::Join(a) => cli::join::run(a),
     };
     if let Err(e) = result {

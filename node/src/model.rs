@@ -79,6 +79,16 @@ impl TensorRef {
         self.dims[0]
     }
 
+    /// The number of values.
+    pub fn elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Bytes in its stored format.
+    pub fn stored_bytes(&self) -> usize {
+        self.len
+    }
+
     pub fn rows(&self) -> usize {
         self.dims[1..].iter().product()
     }
@@ -345,6 +355,11 @@ impl ModelFile {
         })
     }
 
+    /// A tensor by its GGUF name, whatever its shape.
+    pub fn tensor_any(&self, name: &str) -> Option<&TensorRef> {
+        self.tensors.get(name)
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -376,9 +391,7 @@ impl ModelFile {
                     .and_then(|r| r.split_once('.'))
                     .map(|(_, p)| p);
                 match part {
-                    Some(p) if p != "ffn_gate_inp.weight" && moe.uses_part(p) => {
-                        t.len * moe.used / moe.experts
-                    }
+                    Some(p) if moe.is_routed_part(p) => t.len * moe.used / moe.experts,
                     _ => t.len,
                 }
             })

@@ -93,13 +93,7 @@ impl MoeConfig {
 
     /// Whether `part` (a block's tensor name without `blk.{i}.`) is one of its tensors.
     pub fn uses_part(&self, part: &str) -> bool {
-        if matches!(
-            part,
-            "ffn_gate_inp.weight"
-                | "ffn_gate_exps.weight"
-                | "ffn_up_exps.weight"
-                | "ffn_down_exps.weight"
-        ) {
+        if part == "ffn_gate_inp.weight" || self.is_routed_part(part) {
             return true;
         }
         if self.shared > 0
@@ -110,10 +104,18 @@ impl MoeConfig {
         {
             return true;
         }
-        if matches!(self.routing, Routing::Grouped { .. }) && part == "exp_probs_b.bias" {
+        matches!(self.routing, Routing::Grouped { .. }) && part == "exp_probs_b.bias"
+    }
+
+    /// Whether `part` holds routed experts' weights: all of them stacked (`ffn_gate_exps`),
+    /// or one expert's (`ffn_gate.{e}`).
+    pub fn is_routed_part(&self, part: &str) -> bool {
+        if matches!(
+            part,
+            "ffn_gate_exps.weight" | "ffn_up_exps.weight" | "ffn_down_exps.weight"
+        ) {
             return true;
         }
-        // One tensor per expert: `ffn_gate.{e}.weight`.
         let Some(rest) = part.strip_suffix(".weight") else {
             return false;
         };

@@ -7,7 +7,8 @@
 mod reference;
 
 use baton_node::moe::Routing;
-use baton_node::{BackendChoice, EngineOptions, ModelConfig, ModelFile};
+use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, ModelConfig, ModelFile};
+use baton_protocol::Span;
 use baton_tests::fixtures_dir;
 
 use reference::check_folder;
@@ -54,6 +55,16 @@ fn configs_describe_the_experts() {
     assert_eq!((layout.width, layout.values), (40, false));
     let mla = d.config.mla.clone().unwrap();
     assert!((mla.scale - 24f32.powf(-0.5)).abs() < 1e-7);
+    // What a node admits by and announces: (kv_lora + rope) × layers × bytes per value.
+    let span = Span::full(4);
+    let cpu = Engine::load(&d, span, BackendChoice::Cpu.into(), &mut |_, _| {}).unwrap();
+    assert_eq!(cpu.kv_bytes_per_token(), (32 + 8) * 4 * 4);
+    let f16 = EngineOptions {
+        backend: BackendChoice::Wgpu,
+        kv_dtype: KvDtype::F16,
+    };
+    let gpu = Engine::load(&d, span, f16, &mut |_, _| {}).unwrap();
+    assert_eq!(gpu.kv_bytes_per_token(), (32 + 8) * 4 * 2);
 }
 
 #[test]
@@ -68,27 +79,14 @@ fn wgpu_reproduces_the_reference() {
     }
 }
 
-/// DeepSeek-V3's published `config.json` (no weights): its cache holds 576 values per position
+/// DeepSeek-V3's published `config.json` (`testdata/configs/`, no weights): its cache holds 576 values per position
 /// and layer, 70,272 bytes per token over 61 layers in 16 bits, and YaRN's mscale² scales its
 /// softmax to 192^-½ · 1.3689² ≈ 0.1352.
 #[test]
 fn deepseek_v3_config_gives_its_cache_size_and_softmax_scale() {
-    let text = r#"{
-        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-        "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
-        "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
-        "num_attention_heads": 128, "num_key_value_heads": 128, "n_shared_experts": 1,
-        "n_routed_experts": 256, "ep_size": 1, "routed_scaling_factor": 2.5,
-        "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128,
-        "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4,
-        "num_experts_per_tok": 8, "moe_layer_freq": 1, "first_k_dense_replace": 3,
-        "norm_topk_prob": true, "scoring_func": "sigmoid", "hidden_act": "silu",
-        "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
-        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
-            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
-        "tie_word_embeddings": false, "attention_bias": false
-    }"#;
-    let c = ModelConfig::from_hf_json(std::path::Path::new("config.json"), text).unwrap();
+    let path = baton_tests::repo_root().join("testdata/configs/deepseek_v3.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = ModelConfig::from_hf_json(&path, &text).unwrap();
     let layout = c.kv_layout();
     assert_eq!((layout.width, layout.values), (576, false));
     assert_eq!(layout.per_position() * c.layers * 2, 70_272);

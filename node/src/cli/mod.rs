@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod eval;
 pub mod info;
+pub mod inspect;
 pub mod join;
 
 use std::path::{Path, PathBuf};
