@@ -23,15 +23,34 @@ fn values(seed: usize, n: usize) -> Vec<f32> {
 
 /// Fills a cache with 40 positions, forks its first 32, and runs the same step at position 32
 /// on the fork and on the original cut back to 32: the largest difference of their outputs.
-fn fork_attends_as_the_original<B: Backend>(be: &B) -> f32 {
-    let shape = AttnShape::new(4, 2, 16);
-    let (qw, kw) = (4 * 16, 2 * 16);
-    let mut kv = be.kv_cache(KvLayout::split(kw), 256, 0).unwrap();
+/// A latent cache (MLA's: one KV head whose first values are the values) as well as a plain one.
+fn fork_attends_as_the_original<B: Backend>(be: &B, latent: bool) -> f32 {
+    let (shape, layout) = if latent {
+        let shape = AttnShape {
+            v_dim: 16,
+            latent: true,
+            ..AttnShape::new(4, 1, 24)
+        };
+        let layout = KvLayout {
+            width: 24,
+            values: false,
+        };
+        (shape, layout)
+    } else {
+        (AttnShape::new(4, 2, 16), KvLayout::split(2 * 16))
+    };
+    let (qw, kw) = (shape.heads * shape.head_dim, layout.width);
+    let values_of = |seed: usize, n: usize| {
+        layout
+            .values
+            .then(|| be.upload(&values(seed, n * kw), kw).unwrap())
+    };
+    let mut kv = be.kv_cache(layout, 256, 0).unwrap();
     for (i, (pos, n)) in [(0, 17), (17, 15), (32, 8)].into_iter().enumerate() {
         let q = be.upload(&values(3 * i, n * qw), qw).unwrap();
         let k = be.upload(&values(3 * i + 1, n * kw), kw).unwrap();
-        let v = be.upload(&values(3 * i + 2, n * kw), kw).unwrap();
-        be.attention(&q, &k, Some(&v), &mut kv, pos, &shape)
+        let v = values_of(3 * i + 2, n);
+        be.attention(&q, &k, v.as_ref(), &mut kv, pos, &shape)
             .unwrap();
     }
     let mut fork = be.kv_fork(&kv, 32).unwrap();
@@ -39,11 +58,17 @@ fn fork_attends_as_the_original<B: Backend>(be: &B) -> f32 {
     be.kv_truncate(&mut kv, 32).unwrap();
     let q = be.upload(&values(10, 3 * qw), qw).unwrap();
     let k = be.upload(&values(11, 3 * kw), kw).unwrap();
-    let v = be.upload(&values(12, 3 * kw), kw).unwrap();
+    let v = values_of(12, 3);
     let a = be
-        .attention(&q, &k, Some(&v), &mut fork, 32, &shape)
+        .attention(&q, &k, v.as_ref(), &mut fork, 32, &shape)
         .unwrap();
-    let b = be.attention(&q, &k, Some(&v), &mut kv, 32, &shape).unwrap();
+    let b = be
+        .attention(&q, &k, v.as_ref(), &mut kv, 32, &shape)
+        .unwrap();
+    assert_eq!(
+        be.tokens(&a) * shape.out_width(),
+        be.download(&a).unwrap().len()
+    );
     let (a, b) = (be.download(&a).unwrap(), be.download(&b).unwrap());
     a.iter()
         .zip(&b)
@@ -53,7 +78,9 @@ fn fork_attends_as_the_original<B: Backend>(be: &B) -> f32 {
 
 #[test]
 fn a_cpu_fork_attends_as_the_original() {
-    assert_eq!(fork_attends_as_the_original(&CpuBackend), 0.0);
+    for latent in [false, true] {
+        assert_eq!(fork_attends_as_the_original(&CpuBackend, latent), 0.0);
+    }
 }
 
 #[test]
@@ -68,7 +95,10 @@ fn a_wgpu_fork_attends_as_the_original() {
             gpu: gpu.clone(),
             kv_format,
         };
-        assert_eq!(fork_attends_as_the_original(&be), 0.0, "{kv_format:?}");
+        for latent in [false, true] {
+            let worst = fork_attends_as_the_original(&be, latent);
+            assert_eq!(worst, 0.0, "{kv_format:?}, latent {latent}");
+        }
     }
 }
 

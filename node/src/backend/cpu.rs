@@ -208,17 +208,7 @@ impl Backend for CpuBackend {
         shape: &AttnShape,
     ) -> Result<CpuAct, RunError> {
         let width = kv.layout.width;
-        if k.width != width
-            || v.map(|v| v.width) != kv.layout.values.then_some(width)
-            || shape.latent == kv.layout.values
-        {
-            return Err(RunError::Backend(format!(
-                "keys {} and values {:?} wide for a KV cache {:?}",
-                k.width,
-                v.map(|v| v.width),
-                kv.layout
-            )));
-        }
+        kv.layout.check(k.width, v.map(|v| v.width), shape.latent)?;
         let drop = kv.at.append(pos0, self.tokens(k))?;
         kv.k.drain(..drop * width);
         kv.k.extend_from_slice(&k.data);

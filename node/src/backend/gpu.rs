@@ -196,17 +196,7 @@ impl Backend for GpuBackend {
         shape: &AttnShape,
     ) -> Result<GpuAct, RunError> {
         let width = kv.layout.width;
-        if k.width != width
-            || v.map(|v| v.width) != kv.layout.values.then_some(width)
-            || shape.latent == kv.layout.values
-        {
-            return Err(RunError::Backend(format!(
-                "keys {} and values {:?} wide for a KV cache {:?}",
-                k.width,
-                v.map(|v| v.width),
-                kv.layout
-            )));
-        }
+        kv.layout.check(k.width, v.map(|v| v.width), shape.latent)?;
         let tokens = self.tokens(k);
         let used = kv.at.len();
         let drop = kv.at.append(pos0, tokens)?;

@@ -41,6 +41,19 @@ impl KvLayout {
             self.width
         }
     }
+
+    /// Refuses keys, values (none for a latent cache) or a shape that do not fit the cache.
+    pub fn check(&self, keys: usize, values: Option<usize>, latent: bool) -> Result<(), RunError> {
+        if keys != self.width
+            || values != self.values.then_some(self.width)
+            || latent == self.values
+        {
+            return Err(RunError::Backend(format!(
+                "keys {keys} and values {values:?} wide, latent {latent}, for a KV cache {self:?}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Positions `base..end` of a session, in a layer with `window` (0: no window).
