@@ -1,8 +1,9 @@
 //! Mixture-of-experts folders (`fixtures/moe/`, tiny random checkpoints) against transformers'
 //! logits: `mixtral/` (8 experts, top-2, renormalised softmax router) and `qwen3_moe/` (q/k
-//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`) and `deepseek_v3/` (latent attention,
-//! a dense layer then 16 experts in 4 groups with a shared expert). Batched with other sessions,
-//! a session's logits stay exactly those it gets alone.
+//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`), `deepseek_v3/` (latent attention, a
+//! dense layer then 16 experts in 4 groups with a shared expert) and `deepseek_v3_fp8/` (its
+//! weights in FP8 with 128 × 128 scale tiles, YaRN with mscale, a non-zero choice bias).
+//! Batched with other sessions, a session's logits stay exactly those it gets alone.
 
 mod reference;
 
@@ -13,7 +14,7 @@ use baton_tests::fixtures_dir;
 
 use reference::check_folder;
 
-const MODELS: [&str; 3] = ["mixtral", "qwen3_moe", "deepseek_v3"];
+const MODELS: [&str; 4] = ["mixtral", "qwen3_moe", "deepseek_v3", "deepseek_v3_fp8"];
 
 fn check(options: EngineOptions, tol: f32) {
     for name in MODELS {
