@@ -3,7 +3,8 @@
 //! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`), `deepseek_v3/` (latent attention, a
 //! dense layer then 16 experts in 4 groups with a shared expert) and `deepseek_v3_fp8/` (its
 //! weights in FP8 with 128 × 128 scale tiles, YaRN with mscale, a non-zero choice bias).
-//! Batched with other sessions, a session's logits stay exactly those it gets alone.
+//! Their GGUF conversions by llama.cpp's converter give the same logits. Batched with other
+//! sessions, a session's logits stay exactly those it gets alone.
 
 mod reference;
 
@@ -16,10 +17,15 @@ use reference::check_folder;
 
 const MODELS: [&str; 4] = ["mixtral", "qwen3_moe", "deepseek_v3", "deepseek_v3_fp8"];
 
+/// Each folder, and its conversion by llama.cpp's `convert_hf_to_gguf.py`
+/// (`hf-tiny/convert_tiny.py`), against the folder's reference.
 fn check(options: EngineOptions, tol: f32) {
     for name in MODELS {
         let dir = fixtures_dir().join("moe").join(name);
-        check_folder(&dir, &dir.join("reference.safetensors"), options, tol);
+        let reference = dir.join("reference.safetensors");
+        check_folder(&dir, &reference, options, tol);
+        let gguf = fixtures_dir().join(format!("moe/gguf/{name}.gguf"));
+        check_folder(&gguf, &reference, options, tol);
     }
 }
 

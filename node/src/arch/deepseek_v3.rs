@@ -127,7 +127,11 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
         .is_some_and(|v| matches!(v, crate::gguf::Value::Bool(true)));
     let weights_scale = k.f_or("expert_weights_scale", 1.0) as f32;
     let groups = k.u_or("expert_group_count", 1);
-    let routing = match k.u_or("expert_gating_func", 1) {
+    // Files that do not say: DeepSeek-V3's sigmoid where the layers have its choice bias
+    // (converters leave the key out when the config does not name `scoring_func`, as
+    // transformers 5 saves it), DeepSeek-V2's softmax where they have none.
+    let v3 = g.tensors.keys().any(|n| n.ends_with(".exp_probs_b.bias"));
+    let routing = match k.u_or("expert_gating_func", if v3 { 2 } else { 1 }) {
         2 => Routing::Grouped {
             groups,
             keep: k.u_or("expert_group_used_count", 1),
