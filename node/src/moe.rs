@@ -22,6 +22,15 @@ pub enum Routing {
     /// renormalised to sum to one when `renorm` (Mixtral always; Qwen3-MoE with
     /// `norm_topk_prob`).
     Softmax { renorm: bool },
+    /// DeepSeek-V2: softmax over all the experts in f32; the experts split into `groups`, each
+    /// scored by its likeliest, of which the best `keep` groups stay; the `used` likeliest of
+    /// those chosen, their probabilities times `scale`, never renormalised (one group: plain
+    /// top-k).
+    SoftmaxGroups {
+        groups: usize,
+        keep: usize,
+        scale: f32,
+    },
     /// DeepSeek-V3: sigmoid scores; for choosing only, a per-expert bias added (the layer's
     /// `exp_probs_b`); the experts split into `groups`, each scored by the sum of its two best
     /// biased scores, of which the best `keep` groups stay; the `used` best biased scores of
@@ -73,10 +82,16 @@ impl MoeConfig {
         if self.ffn == 0 {
             return Err("the experts' intermediate width is zero".into());
         }
-        if let Routing::Grouped { groups, keep, .. } = self.routing {
-            if groups == 0 || !self.experts.is_multiple_of(groups) || self.experts / groups < 2 {
+        let groups = match self.routing {
+            Routing::Grouped { groups, keep, .. } => Some((groups, keep, 2)),
+            Routing::SoftmaxGroups { groups, keep, .. } => Some((groups, keep, 1)),
+            Routing::Softmax { .. } => None,
+        };
+        if let Some((groups, keep, least)) = groups {
+            if groups == 0 || !self.experts.is_multiple_of(groups) || self.experts / groups < least
+            {
                 return Err(format!(
-                    "{} experts do not split into {groups} groups of two or more",
+                    "{} experts do not split into {groups} groups of {least} or more",
                     self.experts
                 ));
             }
@@ -141,13 +156,28 @@ pub fn route(
         .map(|row| {
             let mut chosen = match routing {
                 Routing::Softmax { renorm } => {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
-                    let sum: f32 = exp.iter().sum();
-                    let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+                    let probs = softmax(row);
                     let mut chosen = best(&probs, used, &probs);
                     if renorm {
                         normalise(&mut chosen, 0.0);
+                    }
+                    chosen
+                }
+                Routing::SoftmaxGroups {
+                    groups,
+                    keep,
+                    scale,
+                } => {
+                    let probs = softmax(row);
+                    let size = experts / groups.max(1);
+                    let group_scores: Vec<f32> = probs
+                        .chunks(size.max(1))
+                        .map(|g| g.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+                        .collect();
+                    let choice = in_groups(&probs, &best(&group_scores, keep, &group_scores), size);
+                    let mut chosen = best(&choice, used, &probs);
+                    for c in &mut chosen {
+                        c.1 *= scale;
                     }
                     chosen
                 }
@@ -168,19 +198,7 @@ pub fn route(
                         .map(|g| best(g, 2, g).iter().map(|c| c.1).sum())
                         .collect();
                     let kept = best(&group_scores, keep, &group_scores);
-                    // Experts of the other groups score 0 for the choice, as transformers masks.
-                    let choice: Vec<f32> = biased
-                        .iter()
-                        .enumerate()
-                        .map(|(e, &s)| {
-                            let g = (e / size.max(1)) as u32;
-                            if kept.iter().any(|k| k.0 == g) {
-                                s
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
+                    let choice = in_groups(&biased, &kept, size);
                     let mut chosen = best(&choice, used, &scores);
                     if renorm {
                         normalise(&mut chosen, 1e-20);
@@ -193,6 +211,31 @@ pub fn route(
             };
             chosen.sort_by_key(|c| c.0);
             chosen
+        })
+        .collect()
+}
+
+/// Softmax in f32.
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// `scores` of the experts in the `kept` groups of `size`, and 0 for the others, as
+/// transformers masks them before choosing.
+fn in_groups(scores: &[f32], kept: &[(u32, f32)], size: usize) -> Vec<f32> {
+    scores
+        .iter()
+        .enumerate()
+        .map(|(e, &s)| {
+            let g = (e / size.max(1)) as u32;
+            if kept.iter().any(|k| k.0 == g) {
+                s
+            } else {
+                0.0
+            }
         })
         .collect()
 }
@@ -286,7 +329,7 @@ impl<B: Backend> MoeMlp<B> {
                     .to_f32()
                     .map_err(RunError::from)?,
             ),
-            Routing::Softmax { .. } => None,
+            Routing::Softmax { .. } | Routing::SoftmaxGroups { .. } => None,
         };
         let shared = if moe.shared > 0 {
             let parts = ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"];
@@ -449,6 +492,32 @@ mod tests {
         // chosen: its group's other expert drags g2 below g3.
         let r = route(&logits, 8, 3, routing, None);
         assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 6]);
+    }
+
+    #[test]
+    fn softmax_groups_keep_the_groups_of_the_likeliest_and_scale_without_renormalising() {
+        // 6 experts in 3 groups of 2, one group kept, 2 experts per token, scale 1.5.
+        let logits = [0.0, 2.5, 2.0, 1.9, -1.0, 0.0];
+        let routing = Routing::SoftmaxGroups {
+            groups: 3,
+            keep: 1,
+            scale: 1.5,
+        };
+        let e: Vec<f32> = logits.iter().map(|l: &f32| l.exp()).collect();
+        let total: f32 = e.iter().sum();
+        // Group 0 holds the likeliest (2.5): experts 0 and 1, though 2 and 3 beat 0.
+        let r = route(&logits, 6, 2, routing, None);
+        assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1]);
+        assert!((r[0][1].1 - 1.5 * e[1] / total).abs() < 1e-6, "{:?}", r[0]);
+        assert!((r[0][0].1 - 1.5 * e[0] / total).abs() < 1e-6);
+        // One group: plain top-k.
+        let one = Routing::SoftmaxGroups {
+            groups: 1,
+            keep: 1,
+            scale: 1.0,
+        };
+        let r = route(&logits, 6, 2, one, None);
+        assert_eq!(r[0].iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

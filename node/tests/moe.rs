@@ -1,6 +1,7 @@
 //! Mixture-of-experts folders (`fixtures/moe/`, tiny random checkpoints) against transformers'
 //! logits: `mixtral/` (8 experts, top-2, renormalised softmax router) and `qwen3_moe/` (q/k
-//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`), `deepseek_v3/` (latent attention, a
+//! norms, head_dim 16, 8 experts top-2, `norm_topk_prob`), `deepseek_v2/` (latent attention with
+//! a full query projection, group-limited softmax routing), `deepseek_v3/` (latent attention, a
 //! dense layer then 16 experts in 4 groups with a shared expert) and `deepseek_v3_fp8/` (its
 //! weights in FP8 with 128 × 128 scale tiles, YaRN with mscale, a non-zero choice bias).
 //! Their GGUF conversions by llama.cpp's converter give the same logits. Batched with other
@@ -15,7 +16,13 @@ use baton_tests::fixtures_dir;
 
 use reference::check_folder;
 
-const MODELS: [&str; 4] = ["mixtral", "qwen3_moe", "deepseek_v3", "deepseek_v3_fp8"];
+const MODELS: [&str; 5] = [
+    "mixtral",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "deepseek_v3_fp8",
+];
 
 /// Each folder, and its conversion by llama.cpp's `convert_hf_to_gguf.py`
 /// (`hf-tiny/convert_tiny.py`), against the folder's reference.

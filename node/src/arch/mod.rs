@@ -8,9 +8,9 @@
 //! - [`gemma3`]: Gemma 3 (sliding-window layers, GELU, norms around attention and MLP).
 //! - [`mixtral`]: Mixtral (Llama with a mixture of experts).
 //! - [`qwen3_moe`]: Qwen3-MoE (Qwen3 with a mixture of experts).
-//! - [`deepseek_v3`]: DeepSeek-V3/R1 (latent attention, grouped routing, shared experts).
+//! - [`deepseek`]: DeepSeek-V2/V3/R1 (latent attention, grouped routing, shared experts).
 
-pub mod deepseek_v3;
+pub mod deepseek;
 pub mod gemma3;
 mod hf;
 pub mod llama;
@@ -45,8 +45,8 @@ pub enum Arch {
     Mixtral,
     /// Qwen3 with a mixture of experts.
     Qwen3Moe,
-    /// Latent attention and a mixture of experts with shared experts.
-    DeepseekV3,
+    /// DeepSeek-V2/V3: latent attention and a mixture of experts with shared experts.
+    Deepseek,
 }
 
 impl Arch {
@@ -58,7 +58,7 @@ impl Arch {
             Arch::Gemma3(_) => "gemma3",
             Arch::Mixtral => "mixtral",
             Arch::Qwen3Moe => "qwen3moe",
-            Arch::DeepseekV3 => "deepseek_v3",
+            Arch::Deepseek => "deepseek2",
         }
     }
 }
@@ -67,7 +67,7 @@ impl Arch {
 pub const SUPPORTED: &str = "llama (Mixtral too), mistral, qwen2, qwen3, qwen3moe, gemma3, \
      deepseek2 \
      (Hugging Face model_type: llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma3_text, \
-     deepseek_v3)";
+     deepseek_v2, deepseek_v3)";
 
 /// The numbers of a decoder-only transformer, from GGUF metadata or `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,7 +171,7 @@ impl ModelConfig {
             }
             "llama" | "mistral" => llama::from_gguf(g, &arch)?,
             "qwen3moe" => qwen3_moe::from_gguf(g)?,
-            "deepseek2" => deepseek_v3::from_gguf(g)?,
+            "deepseek2" => deepseek::from_gguf(g)?,
             "qwen2" | "qwen3" => qwen::from_gguf(g, &arch)?,
             "gemma3" => gemma3::from_gguf(g)?,
             _ => {
@@ -198,7 +198,7 @@ impl ModelConfig {
             "llama" | "mistral" => llama::from_hf(path, &raw)?,
             "mixtral" => mixtral::from_hf(path, &raw)?,
             "qwen3_moe" => qwen3_moe::from_hf(path, &raw)?,
-            "deepseek_v3" => deepseek_v3::from_hf(path, &raw)?,
+            "deepseek_v2" | "deepseek_v3" => deepseek::from_hf(path, &raw, &model_type)?,
             "qwen2" | "qwen3" => qwen::from_hf(path, &raw, &model_type)?,
             "gemma3_text" | "gemma3" => gemma3::from_hf(path, &raw)?,
             _ => {
@@ -222,7 +222,7 @@ impl ModelConfig {
             Arch::Gemma3(_) => gemma3::hf_to_gguf(hf),
             Arch::Mixtral => mixtral::hf_to_gguf(hf),
             Arch::Qwen3Moe => qwen3_moe::hf_to_gguf(hf),
-            Arch::DeepseekV3 => deepseek_v3::hf_to_gguf(hf),
+            Arch::Deepseek => deepseek::hf_to_gguf(hf),
             _ => llama::hf_to_gguf(hf),
         }
     }
@@ -241,7 +241,7 @@ impl ModelConfig {
                 Arch::Gemma3(_) => gemma3::BLOCK_TENSORS.contains(&part),
                 Arch::Mixtral => mixtral::uses_part(self, part),
                 Arch::Qwen3Moe => qwen3_moe::uses_part(self, part),
-                Arch::DeepseekV3 => deepseek_v3::uses_part(self, part),
+                Arch::Deepseek => deepseek::uses_part(self, part),
             },
             None => {
                 matches!(
@@ -264,12 +264,12 @@ impl ModelConfig {
                 llama::load_block(model, self, i, backend)
             }
             Arch::Gemma3(g) => gemma3::load_block(model, self, g, i, backend),
-            Arch::DeepseekV3 => {
+            Arch::Deepseek => {
                 let mla = self.mla.as_ref().ok_or_else(|| LoadError::Config {
                     path: model.path.clone(),
                     what: "DeepSeek-V3 without its latent attention's shape".into(),
                 })?;
-                deepseek_v3::load_block(model, self, mla, i, backend)
+                deepseek::load_block(model, self, mla, i, backend)
             }
         }
     }

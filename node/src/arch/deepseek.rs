@@ -1,16 +1,19 @@
-//! DeepSeek-V3 and R1: multi-head latent attention ([`crate::mla`]) and, after the first
-//! `first_k_dense_replace` dense layers, a mixture of SiLU-gated experts with grouped sigmoid
-//! routing (`e_score_correction_bias` for the choice only, `n_group` groups of which
-//! `topk_group` stay, weights renormalised with `norm_topk_prob` and times
-//! `routed_scaling_factor`) plus shared experts added unweighted.
+//! DeepSeek-V2, V3 and R1: multi-head latent attention ([`crate::mla`]) and, after the first
+//! `first_k_dense_replace` dense layers, a mixture of SiLU-gated experts plus shared experts
+//! added unweighted. They differ in routing:
+//! - V3/R1: grouped sigmoid routing (`e_score_correction_bias` for the choice only, `n_group`
+//!   groups of which `topk_group` stay, weights renormalised with `norm_topk_prob` and times
+//!   `routed_scaling_factor`);
+//! - V2: softmax, `greedy` or `group_limited_greedy` (groups scored by their likeliest), times
+//!   `routed_scaling_factor`, never renormalised.
 //!
-//! The decoupled RoPE part is interleaved (`rope_interleave`, the default); under YaRN the
-//! softmax scale is `(nope + rope)^-½ · mscale(factor, mscale_all_dim)²`.
+//! The decoupled RoPE part is interleaved (V2 always, V3 with `rope_interleave`, the default);
+//! under YaRN the softmax scale is `(nope + rope)^-½ · mscale(factor, mscale_all_dim)²`.
 //!
-//! GGUF calls it `deepseek2`, in two layouts: the older one with `attn_kv_b` and per-head key
+//! GGUF calls both `deepseek2`, in two layouts: the older one with `attn_kv_b` and per-head key
 //! and value lengths, and the one for latent attention, with `attn_k_b` and `attn_v_b` split
 //! per head, one KV head, and the per-head lengths under `key_length_mla` and
-//! `value_length_mla`. DeepSeek-V2's softmax routing loads only without groups and scaling.
+//! `value_length_mla`.
 
 use std::path::Path;
 
@@ -86,7 +89,7 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
         path: g.path.clone(),
         what,
     };
-    let mut c = k.common(Arch::DeepseekV3, true)?;
+    let mut c = k.common(Arch::Deepseek, true)?;
     let rope_dim = k.u("rope.dimension_count")?;
     // The per-head lengths: under `_mla` in the latent layout, else the plain ones.
     let (qk, v) = match g.get(&k.key("attention.key_length_mla")) {
@@ -138,12 +141,18 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
             renorm: norm,
             scale: weights_scale,
         },
-        1 if groups <= 1 && weights_scale == 1.0 => Routing::Softmax { renorm: norm },
+        1 if norm && groups <= 1 && weights_scale == 1.0 => Routing::Softmax { renorm: true },
+        // DeepSeek-V2's: its groups scored by their likeliest, never renormalised.
+        1 if !norm => Routing::SoftmaxGroups {
+            groups,
+            keep: k.u_or("expert_group_used_count", 1),
+            scale: weights_scale,
+        },
         f => {
             return Err(bad(format!(
-                "expert gating {f} with {groups} groups and a weight scale of {weights_scale} \
-                 is not supported (DeepSeek-V3's sigmoid gating is, and softmax gating \
-                 without groups or scaling)"
+                "expert gating {f} with {groups} groups, a weight scale of {weights_scale} and \
+                 renormalisation {norm} is not supported (DeepSeek-V3's sigmoid gating is, and \
+                 DeepSeek-V2's softmax)"
             )))
         }
     };
@@ -167,19 +176,22 @@ fn latent(c: &mut ModelConfig, mla: MlaConfig) {
     c.mla = Some(mla);
 }
 
-pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
+/// `deepseek_v3`, or `deepseek_v2` with its softmax routing.
+pub fn from_hf(path: &Path, raw: &Json, model_type: &str) -> Result<ModelConfig, LoadError> {
     let bad = |what: String| LoadError::Config {
         path: path.to_path_buf(),
         what,
     };
     let h = hf::Common::parse(path, raw, "silu")?;
-    let mut c = h.config(path, Arch::DeepseekV3, 10000.0, 1e-6)?;
+    let mut c = h.config(path, Arch::Deepseek, 10000.0, 1e-6)?;
     let int = |k: &str| raw.get(k).and_then(Json::as_u64).map(|v| v as usize);
     let need = |k: &str| int(k).ok_or_else(|| bad(format!("`{k}` is missing")));
+    let v2 = model_type == "deepseek_v2";
+    let scoring = if v2 { "softmax" } else { "sigmoid" };
     if let Some(f) = raw.get("scoring_func").and_then(Json::as_str) {
-        if f != "sigmoid" {
+        if f != scoring {
             return Err(bad(format!(
-                "`scoring_func` {f} is not DeepSeek-V3's sigmoid"
+                "`scoring_func` {f} is not {model_type}'s {scoring}"
             )));
         }
     }
@@ -217,22 +229,46 @@ pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
     let experts = need("n_routed_experts")?;
     let ffn = need("moe_intermediate_size")?;
     let dense = int("first_k_dense_replace").unwrap_or(0);
-    c.moe = Some(MoeConfig {
-        experts,
-        used: need("num_experts_per_tok")?,
-        ffn,
-        routing: Routing::Grouped {
-            groups: int("n_group").unwrap_or(1),
-            keep: int("topk_group").unwrap_or(1),
+    let (groups, keep) = (int("n_group").unwrap_or(1), int("topk_group").unwrap_or(1));
+    let scale = raw
+        .get("routed_scaling_factor")
+        .and_then(Json::as_f64)
+        .unwrap_or(1.0) as f32;
+    let routing = if v2 {
+        // DeepSeek-V2 never renormalises; greedy is one group.
+        match raw
+            .get("topk_method")
+            .and_then(Json::as_str)
+            .unwrap_or("greedy")
+        {
+            "greedy" => Routing::SoftmaxGroups {
+                groups: 1,
+                keep: 1,
+                scale,
+            },
+            "group_limited_greedy" => Routing::SoftmaxGroups {
+                groups,
+                keep,
+                scale,
+            },
+            other => return Err(bad(format!("`topk_method` {other} is not supported"))),
+        }
+    } else {
+        Routing::Grouped {
+            groups,
+            keep,
             renorm: raw
                 .get("norm_topk_prob")
                 .and_then(Json::as_bool)
                 .unwrap_or(true),
-            scale: raw
-                .get("routed_scaling_factor")
-                .and_then(Json::as_f64)
-                .unwrap_or(1.0) as f32,
-        },
+            scale,
+        }
+    };
+    c.moe = Some(MoeConfig {
+        experts,
+        used: need("num_experts_per_tok")?,
+        ffn,
+        routing,
         dense: (0..c.layers.min(dense)).collect(),
         shared: int("n_shared_experts").unwrap_or(0).saturating_mul(ffn),
     });
