@@ -1,8 +1,11 @@
 //! FP8 weights of Hugging Face checkpoints (DeepSeek-V3/R1's): `X.weight` in `float8_e4m3fn`
-//! `[rows, cols]` beside `X.weight_scale_inv`, one f32 scale per 128 × 128 tile, the weight
-//! being their product. A tensor's rows become [`DType::Fp8E4M3`] blocks (the scale of each
-//! 128 values' tile, then the values) the first time a span reads it, so that a node reads and
-//! holds only the weights of its own span.
+//! `[rows, cols]` beside `X.weight_scale_inv`, one f32 scale per 128 × 128 tile (the last ones
+//! of a row or column may be partial), the weight being their product. A tensor's rows become
+//! FP8 blocks, each its tile's scale then its values, the first time a span reads it, so that a
+//! node reads and holds only the weights of its own span: [`DType::Fp8E4M3`] blocks of 128 for
+//! rows of whole tiles, [`DType::Fp8E4M3B32`] blocks of 32 for the others, and f32 values for
+//! rows that are not even whole blocks of 32 (none in DeepSeek-V3, whose dimensions are all
+//! multiples of 128; some in tiny test models).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,23 +26,36 @@ pub struct Fp8Source {
     scales: TensorRef,
     rows: usize,
     cols: usize,
+    /// Values per packed block; 0 for f32 values.
+    block: usize,
     packed: OnceLock<Vec<u8>>,
 }
 
 impl Fp8Source {
-    /// The rows as [`DType::Fp8E4M3`] blocks.
+    /// The rows as FP8 blocks.
     pub fn bytes(&self) -> &[u8] {
         self.packed.get_or_init(|| {
-            let tiles = self.cols / TILE;
+            let (n, tiles) = (self.block, self.cols.div_ceil(TILE));
             // Checked when paired: f32 or bf16, one scale per tile.
             let scales = self.scales.to_f32().unwrap_or_default();
             let raw = self.values.bytes();
-            let mut out = Vec::with_capacity(self.rows * tiles * fp8::BLOCK_BYTES);
+            let scale = |r: usize, c: usize| {
+                let s = scales.get((r / TILE) * tiles + c / TILE).copied();
+                s.unwrap_or(f32::NAN)
+            };
+            if n == 0 {
+                let mut out = Vec::with_capacity(self.rows * self.cols * 4);
+                for (i, &q) in raw.iter().enumerate() {
+                    let v = fp8::e4m3(q) * scale(i / self.cols, i % self.cols);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                return out;
+            }
+            let mut out = Vec::with_capacity(self.rows * (self.cols / n) * (4 + n));
             for r in 0..self.rows {
-                for b in 0..tiles {
-                    let s = scales.get((r / TILE) * tiles + b).copied();
-                    out.extend_from_slice(&s.unwrap_or(f32::NAN).to_le_bytes());
-                    out.extend_from_slice(&raw[r * self.cols + b * TILE..][..TILE]);
+                for b in 0..self.cols / n {
+                    out.extend_from_slice(&scale(r, b * n).to_le_bytes());
+                    out.extend_from_slice(&raw[r * self.cols + b * n..][..n]);
                 }
             }
             out
@@ -84,22 +100,25 @@ pub fn pair(tensors: &mut HashMap<String, TensorRef>, dir: &Path) -> Result<(), 
                 scales.dtype, scales.dims
             )));
         }
-        if !cols.is_multiple_of(TILE) {
-            return Err(bad(format!(
-                "`{base}` has rows of {cols}, not whole tiles of {TILE}"
-            )));
-        }
+        let (dtype, block) = if cols.is_multiple_of(fp8::BLOCK) {
+            (DType::Fp8E4M3, fp8::BLOCK)
+        } else if cols.is_multiple_of(fp8::SMALL_BLOCK) {
+            (DType::Fp8E4M3B32, fp8::SMALL_BLOCK)
+        } else {
+            (DType::F32, 0)
+        };
         let source = Fp8Source {
             values,
             scales,
             rows,
             cols,
+            block,
             packed: OnceLock::new(),
         };
-        let len = rows * (cols / TILE) * fp8::BLOCK_BYTES;
+        let len = dtype.row_bytes(cols).unwrap_or(0) * rows;
         tensors.insert(
             base.clone(),
-            TensorRef::packed_fp8(base, vec![cols, rows], Arc::new(source), len),
+            TensorRef::packed_fp8(base, dtype, vec![cols, rows], Arc::new(source), len),
         );
     }
     if let Some(raw) = tensors.values().find(|t| is_raw(t)) {

@@ -53,16 +53,17 @@ impl TensorRef {
         }
     }
 
-    /// A weight of FP8 blocks packed from `source` when first read, `len` bytes packed.
+    /// A weight of FP8 blocks (`dtype`) packed from `source` when first read, `len` bytes.
     pub(crate) fn packed_fp8(
         name: String,
+        dtype: DType,
         dims: Vec<usize>,
         source: Arc<Fp8Source>,
         len: usize,
     ) -> TensorRef {
         TensorRef {
             name,
-            dtype: DType::Fp8E4M3,
+            dtype,
             dims,
             map: Arc::new(Blob::Owned(Vec::new())),
             offset: 0,

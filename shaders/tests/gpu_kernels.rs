@@ -29,7 +29,7 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
-const DTYPES: [DType; 16] = ALL_DTYPES;
+const DTYPES: [DType; 17] = ALL_DTYPES;
 
 /// Rows quantized from random values where Baton writes the format, random blocks otherwise.
 fn quantized(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {

@@ -75,6 +75,10 @@ fn elem(ro: u32, e: u32) -> f32 {
             let o = ro + (e / 128u) * 132u;
             return bitcast<f32>(w[o >> 2u]) * e4m3(wbyte(o + 4u + e % 128u));
         }
+        case 1001u: { // FP8 E4M3 in blocks of 32 after an f32 scale
+            let o = ro + (e / 32u) * 36u;
+            return bitcast<f32>(w[o >> 2u]) * e4m3(wbyte(o + 4u + e % 32u));
+        }
         case 20u: { // IQ4_NL
             let o = ro + (e / 32u) * 18u;
             return wf16(o) * iq4_level(nib32(o + 2u, e % 32u));

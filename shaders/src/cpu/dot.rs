@@ -365,7 +365,7 @@ pub(crate) mod tests {
                 // Keep scales finite and positive: f16 1.0 wherever a format keeps one first
                 // (FP8's first is an f32).
                 for b in row.chunks_exact_mut(bytes) {
-                    if dtype == DType::Fp8E4M3 {
+                    if dtype.is_fp8() {
                         b[..4].copy_from_slice(&1f32.to_le_bytes());
                     } else if !matches!(dtype, DType::Q6K | DType::Q2K | DType::Q3K) {
                         b[0] = 0x00;

@@ -3,13 +3,17 @@
 //! pattern per sign (all seven low bits set) takes the place of infinity, so the largest value
 //! is 448.
 //!
-//! Baton's block: an f32 scale, then 128 E4M3 values. A checkpoint's `weight_scale_inv` holds
-//! one scale per 128 × 128 tile; each row's blocks take their tile's scale when it loads.
+//! Baton's blocks: an f32 scale, then 128 E4M3 values ([`DType::Fp8E4M3`]), or 32 for rows that
+//! are not whole tiles ([`DType::Fp8E4M3B32`]). A checkpoint's `weight_scale_inv` holds one
+//! scale per 128 × 128 tile; each row's blocks take their tile's scale when it loads.
+//!
+//! [`DType::Fp8E4M3`]: super::DType::Fp8E4M3
+//! [`DType::Fp8E4M3B32`]: super::DType::Fp8E4M3B32
 
-/// Elements per block.
+/// Elements per block: a whole tile's row.
 pub const BLOCK: usize = 128;
-/// Bytes per block: the f32 scale, then the values.
-pub const BLOCK_BYTES: usize = 4 + BLOCK;
+/// Elements per block of rows that are not whole tiles.
+pub const SMALL_BLOCK: usize = 32;
 
 /// The value of an E4M3 byte.
 pub fn e4m3(b: u8) -> f32 {
@@ -49,16 +53,17 @@ pub fn to_e4m3(v: f32) -> u8 {
     sign | q
 }
 
+/// A block of `out.len()` values after its scale.
 pub(super) fn block(b: &[u8], out: &mut [f32]) {
     let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    for (o, &q) in out.iter_mut().zip(&b[4..BLOCK_BYTES]) {
+    for (o, &q) in out.iter_mut().zip(&b[4..]) {
         *o = d * e4m3(q);
     }
 }
 
-/// Blocks of `values`: the scale maps each block's largest magnitude to 448.
-pub(super) fn quantize(values: &[f32], out: &mut Vec<u8>) {
-    for blk in values.chunks(BLOCK) {
+/// Blocks of `n` of `values`: the scale maps each block's largest magnitude to 448.
+pub(super) fn quantize(values: &[f32], n: usize, out: &mut Vec<u8>) {
+    for blk in values.chunks(n) {
         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 448.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };

@@ -45,10 +45,12 @@ pub enum DType {
     /// 128 elements: f32 scale `d`, 128 × FP8 E4M3. Value = d·q. FP8 checkpoints' weights,
     /// each row's blocks with the scale of their 128 × 128 tile ([`fp8`]); no GGUF type.
     Fp8E4M3,
+    /// As Fp8E4M3 in blocks of 32: rows that are not whole tiles.
+    Fp8E4M3B32,
 }
 
 /// Every format, for tests and listings.
-pub const ALL_DTYPES: [DType; 16] = [
+pub const ALL_DTYPES: [DType; 17] = [
     DType::F32,
     DType::F16,
     DType::Bf16,
@@ -65,6 +67,7 @@ pub const ALL_DTYPES: [DType; 16] = [
     DType::Iq4Nl,
     DType::Iq4Xs,
     DType::Fp8E4M3,
+    DType::Fp8E4M3B32,
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,6 +97,7 @@ impl DType {
             }
             DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K | DType::Iq4Xs => 256,
             DType::Fp8E4M3 => fp8::BLOCK,
+            DType::Fp8E4M3B32 => fp8::SMALL_BLOCK,
         }
     }
 
@@ -112,14 +116,14 @@ impl DType {
             DType::Q5K => 176,
             DType::Q6K => 210,
             DType::Iq4Xs => 136,
-            DType::Fp8E4M3 => fp8::BLOCK_BYTES,
+            DType::Fp8E4M3 | DType::Fp8E4M3B32 => 4 + self.block_len(),
         }
     }
 
     /// Byte offsets of the f16 scales inside one block (tests fill the rest with random bytes).
     pub fn f16_fields(self) -> &'static [usize] {
         match self {
-            DType::F32 | DType::F16 | DType::Bf16 | DType::Fp8E4M3 => &[],
+            DType::F32 | DType::F16 | DType::Bf16 | DType::Fp8E4M3 | DType::Fp8E4M3B32 => &[],
             DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::Iq4Nl | DType::Iq4Xs => &[0],
             DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
             DType::Q2K => &[80, 82],
@@ -159,6 +163,7 @@ impl DType {
             DType::Iq4Nl => "iq4_nl",
             DType::Iq4Xs => "iq4_xs",
             DType::Fp8E4M3 => "fp8_e4m3",
+            DType::Fp8E4M3B32 => "fp8_e4m3_b32",
         }
     }
 
@@ -182,12 +187,18 @@ impl DType {
             DType::Iq4Xs => 23,
             DType::Bf16 => 30,
             DType::Fp8E4M3 => 1000,
+            DType::Fp8E4M3B32 => 1001,
         }
     }
 
     /// Whether GGUF files may hold the format.
     pub fn in_gguf(self) -> bool {
-        self != DType::Fp8E4M3
+        !self.is_fp8()
+    }
+
+    /// Whether it is one of the FP8 block formats ([`fp8`]).
+    pub fn is_fp8(self) -> bool {
+        matches!(self, DType::Fp8E4M3 | DType::Fp8E4M3B32)
     }
 
     /// The format GGML numbers `kind`, when it is one Baton runs.
@@ -276,7 +287,7 @@ pub fn dequantize_block(dtype: DType, b: &[u8], out: &mut [f32]) {
         DType::Q5K => kquants::q5_k(b, out),
         DType::Q6K => kquants::q6_k(b, out),
         DType::Iq4Xs => kquants::iq4_xs(b, out),
-        DType::Fp8E4M3 => fp8::block(b, out),
+        DType::Fp8E4M3 | DType::Fp8E4M3B32 => fp8::block(b, out),
     }
 }
 
@@ -326,7 +337,7 @@ pub fn quantize_row(dtype: DType, values: &[f32]) -> Option<Vec<u8>> {
                 }
             }
         }
-        DType::Fp8E4M3 => fp8::quantize(values, &mut out),
+        DType::Fp8E4M3 | DType::Fp8E4M3B32 => fp8::quantize(values, dtype.block_len(), &mut out),
         _ => return None,
     }
     Some(out)
@@ -360,7 +371,7 @@ pub fn random_rows(
         for &o in dtype.f16_fields() {
             blk[o..o + 2].copy_from_slice(&f16::from_f32(scale()).to_le_bytes());
         }
-        if dtype == DType::Fp8E4M3 {
+        if dtype.is_fp8() {
             blk[..4].copy_from_slice(&scale().to_le_bytes());
             // No NaNs among the values.
             blk[4..].iter_mut().for_each(|b| *b &= 0xf7);
