@@ -234,6 +234,11 @@ impl Cache {
         each_cache!(self, s, _c => s.has_head())
     }
 
+    /// Bytes of KV cache the session's layers have allocated.
+    pub fn kv_allocated(&self) -> usize {
+        each_cache!(self, s, c => c.allocated(&s.backend))
+    }
+
     /// Forgets every position from `pos` on (see [`DecoderSpan::truncate`]).
     pub fn truncate(&mut self, pos: usize) -> Result<(), RunError> {
         each_cache!(self, s, c => s.truncate(c, pos))

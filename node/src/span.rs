@@ -29,6 +29,13 @@ pub struct SpanCache<B: Backend> {
     pub pos: usize,
 }
 
+impl<B: Backend> SpanCache<B> {
+    /// Bytes its layers' caches have allocated.
+    pub fn allocated(&self, backend: &B) -> usize {
+        self.layers.iter().map(|kv| backend.kv_allocated(kv)).sum()
+    }
+}
+
 /// What enters a span: token ids when it holds `embed`, hidden states `[tokens, hidden]` otherwise.
 pub enum SpanInput<'a> {
     Tokens(&'a [u32]),

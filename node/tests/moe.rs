@@ -10,7 +10,9 @@
 mod reference;
 
 use baton_node::moe::Routing;
-use baton_node::{BackendChoice, Engine, EngineOptions, KvDtype, ModelConfig, ModelFile};
+use baton_node::{
+    BackendChoice, Engine, EngineOptions, KvDtype, Logits, ModelConfig, ModelFile, SpanInput,
+};
 use baton_protocol::Span;
 use baton_tests::fixtures_dir;
 
@@ -120,4 +122,40 @@ fn deepseek_v3_config_gives_its_cache_size_and_softmax_scale() {
     // The two magnitude corrections cancel in RoPE itself.
     let (_, factor) = c.rope.inv_freq();
     assert!((factor - 1.0).abs() < 1e-6);
+}
+
+/// A long DeepSeek session's KV cache grows by its latent rows alone, (kv_lora + rope) values
+/// per token and layer, on the CPU and on wgpu: what it has allocated lies between that and
+/// twice that (vectors and buffers grow by doubling), where keys and values of every head
+/// would take four times it.
+#[test]
+fn a_long_deepseek_session_holds_latent_rows_only() {
+    let d = ModelFile::open(&fixtures_dir().join("moe/deepseek_v3")).unwrap();
+    let wgpu = EngineOptions {
+        backend: BackendChoice::Wgpu,
+        kv_dtype: KvDtype::F16,
+    };
+    // (32 + 8) values per layer, 4 layers, f32 on the CPU and f16 on wgpu.
+    for (options, per_token) in [(BackendChoice::Cpu.into(), 640), (wgpu, 320)] {
+        let engine = Engine::load(&d, Span::full(4), options, &mut |_, _| {}).unwrap();
+        let mut cache = engine.new_cache().unwrap();
+        // Up to the fixture's context of 256.
+        let ids: Vec<u32> = (0..250).map(|i| (i * 7 % 512) as u32).collect();
+        for chunk in ids[..200].chunks(100) {
+            cache
+                .forward(SpanInput::Tokens(chunk), Logits::Last)
+                .unwrap();
+        }
+        for id in &ids[200..] {
+            cache
+                .forward(SpanInput::Tokens(&[*id]), Logits::Last)
+                .unwrap();
+        }
+        let (held, tokens) = (cache.kv_allocated(), cache.pos());
+        assert_eq!(tokens, 250);
+        assert!(
+            (tokens * per_token..=2 * tokens * per_token).contains(&held),
+            "{held} bytes for {tokens} tokens of {per_token}"
+        );
+    }
 }

@@ -62,6 +62,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn kv_allocated(&self, kv: &CpuKv) -> usize {
+        (kv.k.capacity() + kv.v.capacity()) * 4
+    }
+
     fn kv_fork(&self, kv: &CpuKv, tokens: usize) -> Result<CpuKv, RunError> {
         let at = kv.at.first(tokens)?;
         let n = tokens * kv.layout.width;

@@ -103,6 +103,10 @@ impl Backend for GpuBackend {
         })
     }
 
+    fn kv_allocated(&self, kv: &GpuKv) -> usize {
+        (kv.k.len + kv.v.len) * 4
+    }
+
     fn kv_fork(&self, kv: &GpuKv, tokens: usize) -> Result<GpuKv, RunError> {
         let at = kv.at.first(tokens)?;
         let mut fork = GpuKv {

@@ -41,6 +41,8 @@ pub trait Backend: Send + Sync {
     /// Forgets every position from `tokens` on; refused where a window layer no longer holds
     /// what a query there sees.
     fn kv_truncate(&self, kv: &mut Self::Kv, tokens: usize) -> Result<(), RunError>;
+    /// Bytes the cache has allocated: what it holds and the room it has grown.
+    fn kv_allocated(&self, kv: &Self::Kv) -> usize;
     /// A new cache holding a copy of the first `tokens` positions of `kv` (which must all be
     /// held): a session that starts from another's prefix.
     fn kv_fork(&self, kv: &Self::Kv, tokens: usize) -> Result<Self::Kv, RunError>;
