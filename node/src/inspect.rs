@@ -78,11 +78,9 @@ impl Sizes {
         let c = &model.config;
         let mut blocks = vec![BlockSize::default(); c.layers];
         let mut outside = 0;
-        for name in model.tensor_names() {
-            let Some(t) = model.tensor_any(name) else {
-                continue;
-            };
-            let block = name
+        for t in model.tensors() {
+            let block = t
+                .name
                 .strip_prefix("blk.")
                 .and_then(|r| r.split_once('.'))
                 .and_then(|(i, p)| Some((i.parse::<usize>().ok()?, p)));

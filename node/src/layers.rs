@@ -7,6 +7,7 @@ use baton_shaders::cpu::AttnShape;
 use crate::arch::{ModelConfig, Rope};
 use crate::backend::Backend;
 use crate::error::{Error, LoadError, RunError};
+use crate::mla::MlaAttention;
 use crate::model::ModelFile;
 use crate::moe::MoeMlp;
 use crate::pass::Pass;
@@ -21,6 +22,45 @@ pub trait Block<B: Backend>: Send + Sync {
         kvs: &mut [&mut B::Kv],
         pass: &Pass,
     ) -> Result<(), RunError>;
+}
+
+/// The `N` outputs of a call that returns one per weight it was given.
+pub fn outputs<const N: usize, A>(v: Vec<A>) -> Result<[A; N], RunError> {
+    v.try_into()
+        .map_err(|_| RunError::Backend("linear returned too few outputs".into()))
+}
+
+/// Attention of each segment of `pass` over its session's cache: `attend` gets the segment's
+/// rows of each of `acts`, its cache and its first position; the results follow in pass order.
+pub fn per_segment<B: Backend, const N: usize>(
+    be: &B,
+    acts: [B::Act; N],
+    kvs: &mut [&mut B::Kv],
+    pass: &Pass,
+    mut attend: impl FnMut([B::Act; N], &mut B::Kv, usize) -> Result<B::Act, RunError>,
+) -> Result<B::Act, RunError> {
+    let segments = pass.segments();
+    if kvs.len() != segments.len() {
+        return Err(RunError::Backend(format!(
+            "{} caches for {} steps",
+            kvs.len(),
+            segments.len()
+        )));
+    }
+    match (segments, kvs) {
+        ([s], [kv]) => attend(acts, kv, s.pos0),
+        (segments, kvs) => {
+            let mut parts = Vec::with_capacity(segments.len());
+            for (s, kv) in segments.iter().zip(kvs.iter_mut()) {
+                let rows = acts
+                    .iter()
+                    .map(|a| be.rows(a, s.start, s.len))
+                    .collect::<Result<Vec<_>, _>>()?;
+                parts.push(attend(outputs(rows)?, kv, s.pos0)?);
+            }
+            be.concat(&parts)
+        }
+    }
 }
 
 /// Loads the weights of block `i` under GGUF's names (`blk.{i}.{part}.weight`).
@@ -183,12 +223,8 @@ impl<B: Backend> Attention<B> {
         pass: &Pass,
     ) -> Result<B::Act, RunError> {
         let decode = pass.decode_rows();
-        let mut qkv = be
-            .linear(&[&self.wq, &self.wk, &self.wv], xn, decode)?
-            .into_iter();
-        let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-            return Err(RunError::Backend("linear returned too few outputs".into()));
-        };
+        let [mut q, mut k, mut v] =
+            outputs(be.linear(&[&self.wq, &self.wk, &self.wv], xn, decode)?)?;
         if let Some([bq, bk, bv]) = &self.bias {
             be.add_rows(&mut q, bq)?;
             be.add_rows(&mut k, bk)?;
@@ -198,27 +234,9 @@ impl<B: Backend> Attention<B> {
             q = be.rmsnorm(&q, nq, self.eps)?;
             k = be.rmsnorm(&k, nk, self.eps)?;
         }
-        let segments = pass.segments();
-        if kvs.len() != segments.len() {
-            return Err(RunError::Backend(format!(
-                "{} caches for {} steps",
-                kvs.len(),
-                segments.len()
-            )));
-        }
-        let att = match (segments, kvs) {
-            ([s], [kv]) => self.attend(be, q, k, &v, kv, s.pos0)?,
-            (segments, kvs) => {
-                let mut parts = Vec::with_capacity(segments.len());
-                for (s, kv) in segments.iter().zip(kvs.iter_mut()) {
-                    let q = be.rows(&q, s.start, s.len)?;
-                    let k = be.rows(&k, s.start, s.len)?;
-                    let v = be.rows(&v, s.start, s.len)?;
-                    parts.push(self.attend(be, q, k, &v, kv, s.pos0)?);
-                }
-                be.concat(&parts)?
-            }
-        };
+        let att = per_segment(be, [q, k, v], kvs, pass, |[q, k, v], kv, pos0| {
+            self.attend(be, q, k, &v, kv, pos0)
+        })?;
         Ok(be.linear(&[&self.wo], &att, decode)?.remove(0))
     }
 
@@ -279,10 +297,7 @@ impl<B: Backend> Mlp<B> {
 
     /// Over the rows of a pass whose first `decode` rows are decode steps'.
     pub fn forward(&self, be: &B, xn: &B::Act, decode: usize) -> Result<B::Act, RunError> {
-        let mut gu = be.linear(&[&self.gate, &self.up], xn, decode)?.into_iter();
-        let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
-            return Err(RunError::Backend("linear returned too few outputs".into()));
-        };
+        let [mut g, u] = outputs(be.linear(&[&self.gate, &self.up], xn, decode)?)?;
         match self.act {
             Activation::Silu => be.silu_mul(&mut g, &u)?,
             Activation::GeluTanh => be.gelu_mul(&mut g, &u)?,
@@ -314,13 +329,49 @@ impl<B: Backend> Ffn<B> {
     }
 }
 
-/// The Llama family's block: `x += attn(norm(x))`, then `x += ffn(norm(x))`.
+/// A block's attention: over keys and values per head, or over a latent cache (MLA).
+pub enum SelfAttention<B: Backend> {
+    Heads(Attention<B>),
+    Latent(MlaAttention<B>),
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn forward(
+        &self,
+        be: &B,
+        xn: &B::Act,
+        kvs: &mut [&mut B::Kv],
+        pass: &Pass,
+    ) -> Result<B::Act, RunError> {
+        match self {
+            SelfAttention::Heads(a) => a.forward(be, xn, kvs, pass),
+            SelfAttention::Latent(a) => a.forward(be, xn, kvs, pass),
+        }
+    }
+}
+
+/// The Llama family's and DeepSeek's block: `x += attn(norm(x))`, then `x += ffn(norm(x))`.
 pub struct PreNormBlock<B: Backend> {
     pub attn_norm: B::Vector,
-    pub attn: Attention<B>,
+    pub attn: SelfAttention<B>,
     pub ffn_norm: B::Vector,
     pub mlp: Ffn<B>,
     pub eps: f32,
+}
+
+impl<B: Backend> PreNormBlock<B> {
+    /// Block `l.block` around `attn`: its norms (`attn_norm`, `ffn_norm`) and its SiLU MLP or
+    /// mixture of experts.
+    pub fn load(l: &Loader<B>, attn: SelfAttention<B>) -> Result<Self, Error> {
+        let c = l.config;
+        Ok(PreNormBlock {
+            attn_norm: l.norm("attn_norm", c.hidden)?,
+            attn,
+            ffn_norm: l.norm("ffn_norm", c.hidden)?,
+            mlp: Ffn::load(l, Activation::Silu)?,
+            eps: c.rms_eps,
+        })
+    }
 }
 
 impl<B: Backend> Block<B> for PreNormBlock<B> {

@@ -15,7 +15,7 @@ use baton_shaders::cpu::AttnShape;
 use crate::arch::ModelConfig;
 use crate::backend::Backend;
 use crate::error::{Error, LoadError, RunError};
-use crate::layers::Loader;
+use crate::layers::{outputs, per_segment, Loader};
 use crate::pass::{Pass, Segment};
 
 /// The shape of a model's MLA layers.
@@ -124,24 +124,17 @@ impl<B: Backend> MlaAttention<B> {
         pass: &Pass,
     ) -> Result<B::Act, RunError> {
         let segments = pass.segments();
-        if kvs.len() != segments.len() {
-            return Err(RunError::Backend(format!(
-                "{} caches for {} steps",
-                kvs.len(),
-                segments.len()
-            )));
-        }
         let decode = pass.decode_rows();
         let c = &self.c;
         let heads = self.k_b.len();
         let (q, kv_a) = match &self.query {
             Query::Lora { a, norm, b } => {
-                let [qa, kv_a] = two(be.linear(&[a, &self.kv_a], xn, decode)?)?;
+                let [qa, kv_a] = outputs(be.linear(&[a, &self.kv_a], xn, decode)?)?;
                 let qa = be.rmsnorm(&qa, norm, self.eps)?;
                 (be.linear(&[b], &qa, decode)?.remove(0), kv_a)
             }
             Query::Full(w) => {
-                let [q, kv_a] = two(be.linear(&[w, &self.kv_a], xn, decode)?)?;
+                let [q, kv_a] = outputs(be.linear(&[w, &self.kv_a], xn, decode)?)?;
                 (q, kv_a)
             }
         };
@@ -167,18 +160,9 @@ impl<B: Backend> MlaAttention<B> {
         }
         let query = be.columns(&parts)?;
         let key = be.columns(&[(&latent, 0, c.kv_lora), (&k_rope, 0, c.rope)])?;
-        let att = match (segments, kvs) {
-            ([s], [kv]) => be.attention(&query, &key, None, kv, s.pos0, &self.shape)?,
-            (segments, kvs) => {
-                let mut parts = Vec::with_capacity(segments.len());
-                for (s, kv) in segments.iter().zip(kvs.iter_mut()) {
-                    let q = be.rows(&query, s.start, s.len)?;
-                    let k = be.rows(&key, s.start, s.len)?;
-                    parts.push(be.attention(&q, &k, None, kv, s.pos0, &self.shape)?);
-                }
-                be.concat(&parts)?
-            }
-        };
+        let att = per_segment(be, [query, key], kvs, pass, |[q, k], kv, pos0| {
+            be.attention(&q, &k, None, kv, pos0, &self.shape)
+        })?;
         // Each head's weighted latents out through W_UV, side by side, then the output.
         let att = (0..heads)
             .map(|h| be.columns(&[(&att, h * c.kv_lora, c.kv_lora)]))
@@ -282,10 +266,4 @@ fn head_weights<B: Backend>(
         v_b.push(l.backend.weight(&uv)?);
     }
     Ok((k_b, v_b))
-}
-
-/// The two outputs of a linear call of two weights.
-fn two<A>(v: Vec<A>) -> Result<[A; 2], RunError> {
-    v.try_into()
-        .map_err(|_| RunError::Backend("linear returned too few outputs".into()))
 }

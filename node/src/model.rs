@@ -356,9 +356,9 @@ impl ModelFile {
         })
     }
 
-    /// A tensor by its GGUF name, whatever its shape.
-    pub fn tensor_any(&self, name: &str) -> Option<&TensorRef> {
-        self.tensors.get(name)
+    /// Every tensor, under its GGUF name.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorRef> {
+        self.tensors.values()
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {

@@ -21,12 +21,11 @@ use serde_json::Value as Json;
 
 use super::{hf, rope, Arch, GgufKeys, ModelConfig, RopeScaling};
 use crate::backend::Backend;
-use crate::error::{Error, LoadError, RunError};
-use crate::layers::{Activation, Block, Ffn, Loader};
+use crate::error::{Error, LoadError};
+use crate::layers::{Block, Loader, PreNormBlock, SelfAttention};
 use crate::mla::{MlaAttention, MlaConfig};
 use crate::model::ModelFile;
 use crate::moe::{MoeConfig, Routing};
-use crate::pass::Pass;
 
 /// The attention's tensors, besides the norms.
 const ATTENTION: &[&str] = &[
@@ -305,32 +304,6 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     })
 }
 
-/// A pre-norm block: `x += mla(norm(x))`, then `x += ffn(norm(x))`.
-struct DeepseekBlock<B: Backend> {
-    attn_norm: B::Vector,
-    attn: MlaAttention<B>,
-    ffn_norm: B::Vector,
-    ffn: Ffn<B>,
-    eps: f32,
-}
-
-impl<B: Backend> Block<B> for DeepseekBlock<B> {
-    fn forward(
-        &self,
-        be: &B,
-        x: &mut B::Act,
-        kvs: &mut [&mut B::Kv],
-        pass: &Pass,
-    ) -> Result<(), RunError> {
-        let xn = be.rmsnorm(x, &self.attn_norm, self.eps)?;
-        let o = self.attn.forward(be, &xn, kvs, pass)?;
-        be.add(x, &o)?;
-        let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
-        let d = self.ffn.forward(be, &xn, pass)?;
-        be.add(x, &d)
-    }
-}
-
 pub fn load_block<B: Backend + 'static>(
     model: &ModelFile,
     c: &ModelConfig,
@@ -344,11 +317,6 @@ pub fn load_block<B: Backend + 'static>(
         backend,
         block: i,
     };
-    Ok(Box::new(DeepseekBlock {
-        attn_norm: l.norm("attn_norm", c.hidden)?,
-        attn: MlaAttention::load(&l, mla)?,
-        ffn_norm: l.norm("ffn_norm", c.hidden)?,
-        ffn: Ffn::load(&l, Activation::Silu)?,
-        eps: c.rms_eps,
-    }))
+    let attn = SelfAttention::Latent(MlaAttention::load(&l, mla)?);
+    Ok(Box::new(PreNormBlock::load(&l, attn)?))
 }

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use super::{hf, Arch, GgufKeys, ModelConfig, RopeScaling};
 use crate::backend::Backend;
 use crate::error::{Error, LoadError};
-use crate::layers::{Activation, Attention, AttentionOptions, Block, Ffn, Loader, PreNormBlock};
+use crate::layers::{Attention, AttentionOptions, Block, Loader, PreNormBlock, SelfAttention};
 use crate::model::ModelFile;
 
 /// The tensors of a block, under GGUF's names without `blk.{i}.`.
@@ -88,11 +88,6 @@ pub fn load_block<B: Backend + 'static>(
         qk_norm: matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe),
         ..AttentionOptions::plain(c)
     };
-    Ok(Box::new(PreNormBlock {
-        attn_norm: l.norm("attn_norm", c.hidden)?,
-        attn: Attention::load(&l, &options)?,
-        ffn_norm: l.norm("ffn_norm", c.hidden)?,
-        mlp: Ffn::load(&l, Activation::Silu)?,
-        eps: c.rms_eps,
-    }))
+    let attn = SelfAttention::Heads(Attention::load(&l, &options)?);
+    Ok(Box::new(PreNormBlock::load(&l, attn)?))
 }

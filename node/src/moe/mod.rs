@@ -9,7 +9,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
-use crate::layers::{Activation, Loader, Mlp};
+use crate::layers::{outputs, Activation, Loader, Mlp};
 use crate::pass::{is_decode, Pass};
 
 mod route;
@@ -254,10 +254,7 @@ impl<B: Backend> MoeMlp<B> {
             .collect();
         let mut hidden = Vec::with_capacity(active.len());
         for gu in be.linear_groups(&groups)? {
-            let mut gu = gu.into_iter();
-            let (Some(mut g), Some(u)) = (gu.next(), gu.next()) else {
-                return Err(RunError::Backend("linear returned too few outputs".into()));
-            };
+            let [mut g, u] = outputs(gu)?;
             be.silu_mul(&mut g, &u)?;
             hidden.push(g);
         }
