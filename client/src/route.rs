@@ -85,6 +85,66 @@ pub fn uncovered(records: &[NodeRecord], blocks: u32) -> Vec<Stage> {
     out
 }
 
+/// The records that can be hops of a route: not those of nodes serving experts only, nor
+/// those holding some of their blocks' experts when the rest of the swarm does not hold the
+/// others. Expert-only nodes are reached by the hops, not by the client.
+pub fn hop_records(records: Vec<NodeRecord>) -> Vec<NodeRecord> {
+    let holds = |r: &NodeRecord, block: u32, e: u32| {
+        (r.span.start..r.span.end).contains(&block) && r.experts.is_none_or(|s| s.holds(e))
+    };
+    let covered = |r: &NodeRecord| match r.experts {
+        None => true,
+        Some(s) if s.is_all() => true,
+        Some(s) => (r.span.start..r.span.end).all(|b| {
+            (0..s.of)
+                .filter(|&e| !s.holds(e))
+                .all(|e| records.iter().any(|q| holds(q, b, e)))
+        }),
+    };
+    let keep: Vec<bool> = records
+        .iter()
+        .map(|r| !r.experts.is_some_and(|s| s.only) && covered(r))
+        .collect();
+    records
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
+}
+
+/// How many nodes hold each routed expert of each block, for a mixture-of-experts model
+/// (`None` when no record names a shard): `[block][expert]`.
+pub fn expert_coverage(records: &[NodeRecord], blocks: u32) -> Option<Vec<Vec<u32>>> {
+    let of = records
+        .iter()
+        .filter_map(|r| r.experts)
+        .map(|s| s.of)
+        .max()?;
+    let mut c = vec![vec![0u32; of as usize]; blocks as usize];
+    for r in records {
+        for b in r.span.start..r.span.end.min(blocks) {
+            for e in 0..of {
+                if r.experts.is_none_or(|s| s.holds(e)) {
+                    c[b as usize][e as usize] += 1;
+                }
+            }
+        }
+    }
+    Some(c)
+}
+
+/// Runs of equal values: `(first, last, value)` for each.
+pub fn runs(v: &[u32]) -> Vec<(usize, usize, u32)> {
+    let mut out: Vec<(usize, usize, u32)> = Vec::new();
+    for (i, &x) in v.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if r.2 == x && r.1 + 1 == i => r.1 = i,
+            _ => out.push((i, i, x)),
+        }
+    }
+    out
+}
+
 /// Plans a route over `records` (one model, `blocks` blocks) with the measured `rtt` per peer id.
 pub fn plan(
     records: &[NodeRecord],
@@ -161,6 +221,7 @@ mod tests {
             memory_free: 0,
             tokens_per_s: tps,
             kv_tokens_free: 1000,
+            experts: None,
             protocol_version: PROTOCOL_VERSION,
             name: peer.into(),
             expires_unix: u64::MAX,
@@ -169,6 +230,37 @@ mod tests {
 
     fn peers(route: &[PlannedHop]) -> Vec<&str> {
         route.iter().map(|h| h.record.peer_id.as_str()).collect()
+    }
+
+    #[test]
+    fn expert_only_nodes_are_no_hops_and_shards_need_their_peers() {
+        use baton_protocol::experts::ExpertShard;
+        let shard = |start, end, only| {
+            Some(ExpertShard {
+                start,
+                end,
+                of: 8,
+                only,
+            })
+        };
+        let mut a = rec("a", 0, 4, 10.0);
+        a.experts = shard(0, 4, false);
+        let mut b = rec("b", 0, 4, 10.0);
+        b.experts = shard(4, 8, true);
+        let mut c = rec("c", 2, 4, 10.0);
+        c.experts = shard(4, 8, true);
+        let names = |rs: Vec<NodeRecord>| rs.into_iter().map(|r| r.peer_id).collect::<Vec<_>>();
+        assert_eq!(names(hop_records(vec![a.clone(), b.clone()])), ["a"]);
+        // Without b, blocks 0 and 1 lack experts 4..8: a cannot be a hop.
+        assert!(hop_records(vec![a.clone(), c]).is_empty());
+        let mut full = rec("f", 0, 4, 10.0);
+        full.experts = shard(0, 8, false);
+        assert_eq!(names(hop_records(vec![a.clone(), full])), ["a", "f"]);
+        let cov = expert_coverage(&[a, b], 5).unwrap();
+        assert_eq!(cov[0], [1, 1, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(cov[4], [0; 8]);
+        assert_eq!(runs(&[1, 1, 2, 2, 2, 0]), [(0, 1, 1), (2, 4, 2), (5, 5, 0)]);
+        assert!(expert_coverage(&[rec("d", 0, 4, 1.0)], 4).is_none());
     }
 
     #[test]

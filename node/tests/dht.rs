@@ -23,6 +23,7 @@ fn record(peer: &str, span: Span) -> NodeRecord {
         memory_free: 1 << 29,
         tokens_per_s: 100.0,
         kv_tokens_free: 10_000,
+        experts: None,
         protocol_version: PROTOCOL_VERSION,
         name: format!("node {span}"),
         expires_unix: now_unix() + RECORD_TTL.as_secs(),

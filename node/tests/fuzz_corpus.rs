@@ -125,6 +125,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         memory_free: 1 << 29,
         tokens_per_s: 100.0,
         kv_tokens_free: 1000,
+        experts: None,
         protocol_version: baton_protocol::PROTOCOL_VERSION,
         name: "seed".into(),
         expires_unix: u64::MAX,

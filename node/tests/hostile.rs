@@ -79,6 +79,7 @@ fn record(key: &Keypair, model_id: &str, addr: SocketAddr) -> NodeRecord {
         memory_free: 1 << 40,
         tokens_per_s: 1e6,
         kv_tokens_free: 1 << 30,
+        experts: None,
         protocol_version: PROTOCOL_VERSION,
         name: "liar".into(),
         expires_unix: now_unix() + 600,

@@ -67,6 +67,7 @@ async fn the_dht_of_a_private_swarm_is_closed_to_outsiders() {
         memory_free: 1,
         tokens_per_s: 1.0,
         kv_tokens_free: 1,
+        experts: None,
         protocol_version: PROTOCOL_VERSION,
         name: "private".into(),
         expires_unix: now_unix() + RECORD_TTL.as_secs(),

@@ -6,6 +6,7 @@
 // Bytes from peers and files never panic this crate: no unwrap or expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod experts;
 pub mod record;
 mod span;
 mod tensor;
@@ -15,4 +16,4 @@ pub use span::{Span, SpanError, Stage};
 pub use tensor::{HiddenStates, TensorError, WireDtype};
 
 /// The protocol version a node and a client exchange before anything else.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;

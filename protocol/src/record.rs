@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::experts::ExpertShard;
 use crate::wire::MAX_TEXT;
 use crate::{Span, PROTOCOL_VERSION};
 
@@ -35,6 +36,9 @@ pub struct NodeRecord {
     pub tokens_per_s: f32,
     /// KV-cache tokens it can still take.
     pub kv_tokens_free: u64,
+    /// The routed experts it holds of each mixture-of-experts layer of its span; `None` for a
+    /// dense model, or every expert.
+    pub experts: Option<ExpertShard>,
     pub protocol_version: u32,
     pub name: String,
     /// Seconds since the Unix epoch after which the record is stale.
@@ -59,6 +63,8 @@ pub enum RecordError {
     TextTooLong,
     #[error("record speaks protocol {0}, this build speaks {PROTOCOL_VERSION}")]
     Version(u32),
+    #[error("record says it holds {0}")]
+    Experts(ExpertShard),
     #[error(
         "record says span {start}..{end} of a model of {blocks} blocks (at most {MAX_BLOCKS})"
     )]
@@ -122,6 +128,9 @@ impl NodeRecord {
         if blocks == 0 || blocks > MAX_BLOCKS || start >= end || end > blocks {
             return Err(RecordError::Span { start, end, blocks });
         }
+        if let Some(e) = r.experts.filter(|e| !e.is_valid()) {
+            return Err(RecordError::Experts(e));
+        }
         Ok(r)
     }
 
@@ -158,6 +167,7 @@ mod tests {
             memory_free: 1 << 33,
             tokens_per_s: 120.5,
             kv_tokens_free: 100_000,
+            experts: None,
             protocol_version: PROTOCOL_VERSION,
             name: "node-a".into(),
             expires_unix: 1_000,
@@ -224,5 +234,18 @@ mod tests {
             end: MAX_BLOCKS,
         };
         assert!(NodeRecord::decode(&largest.encode().unwrap()).is_ok());
+        let mut shard = record();
+        shard.experts = Some(ExpertShard {
+            start: 3,
+            end: 2,
+            of: 8,
+            only: false,
+        });
+        assert!(matches!(
+            NodeRecord::decode(&shard.encode().unwrap()),
+            Err(RecordError::Experts(_))
+        ));
+        shard.experts = Some(ExpertShard::all(8));
+        assert!(NodeRecord::decode(&shard.encode().unwrap()).is_ok());
     }
 }

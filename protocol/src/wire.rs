@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::experts::{ExpertCall, ExpertOut, MAX_WIRE_EXPERTS};
 use crate::{HiddenStates, Span, WireDtype, PROTOCOL_VERSION};
 
 /// The ALPN of Baton's QUIC connections.
@@ -363,6 +364,8 @@ pub enum Message {
     Ack(Ack),
     Leaving(Leaving),
     Admit(Admit),
+    ExpertCall(ExpertCall),
+    ExpertOut(ExpertOut),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -411,10 +414,12 @@ pub enum Kind {
     Ack = 13,
     Leaving = 14,
     Admit = 15,
+    ExpertCall = 16,
+    ExpertOut = 17,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Hello,
         Kind::OpenSession,
         Kind::SessionOpened,
@@ -430,6 +435,8 @@ impl Kind {
         Kind::Ack,
         Kind::Leaving,
         Kind::Admit,
+        Kind::ExpertCall,
+        Kind::ExpertOut,
     ];
 
     /// The kind a wire number names; `None` for a number no kind has.
@@ -454,6 +461,8 @@ impl Kind {
             Kind::Ack => "ack",
             Kind::Leaving => "leaving",
             Kind::Admit => "admit",
+            Kind::ExpertCall => "expert-call",
+            Kind::ExpertOut => "expert-out",
         }
     }
 }
@@ -476,6 +485,8 @@ impl Message {
             Message::Ack(_) => Kind::Ack,
             Message::Leaving(_) => Kind::Leaving,
             Message::Admit(_) => Kind::Admit,
+            Message::ExpertCall(_) => Kind::ExpertCall,
+            Message::ExpertOut(_) => Kind::ExpertOut,
         }
     }
 
@@ -507,6 +518,8 @@ impl Message {
             Message::Ack(m) => put(&mut out, m),
             Message::Leaving(m) => put(&mut out, m),
             Message::Admit(m) => put(&mut out, m),
+            Message::ExpertCall(m) => put(&mut out, m),
+            Message::ExpertOut(m) => put(&mut out, m),
         }
         out
     }
@@ -565,6 +578,8 @@ impl Message {
             Kind::Ack => Message::Ack(de(payload, name)?),
             Kind::Leaving => Message::Leaving(de(payload, name)?),
             Kind::Admit => Message::Admit(de(payload, name)?),
+            Kind::ExpertCall => Message::ExpertCall(de(payload, name)?),
+            Kind::ExpertOut => Message::ExpertOut(de(payload, name)?),
         };
         msg.check_text()?;
         Ok(msg)
@@ -616,6 +631,12 @@ impl Message {
             Message::Error(e) => check("message", &e.message),
             Message::Forward(f) => many("hop_us", f.hop_us.len(), MAX_HOPS),
             Message::GetModelInfo(g) => check("model_id", &g.model_id),
+            Message::ExpertCall(c) => {
+                check("model_id", &c.model_id)?;
+                let max = MAX_WIRE_EXPERTS as usize;
+                many("experts", c.experts.len(), max)
+            }
+            Message::ExpertOut(o) => many("outputs", o.outputs.len(), MAX_WIRE_EXPERTS as usize),
             Message::ModelInfo(m) => {
                 check("model_id", &m.model_id)?;
                 check("content_hash", &m.content_hash)?;

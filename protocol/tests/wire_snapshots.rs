@@ -2,6 +2,7 @@
 //! a new bincode that encodes differently fails here before it reaches a peer. A deliberate
 //! change of the wire goes with a new `PROTOCOL_VERSION` and new snapshots.
 
+use baton_protocol::experts::{ExpertCall, ExpertOut, ExpertRows};
 use baton_protocol::wire::*;
 use baton_protocol::{HiddenStates, Span, WireDtype};
 
@@ -109,10 +110,22 @@ fn examples() -> Vec<Message> {
             session: 9,
             peer_id: "12D3KooY".into(),
         }),
+        Message::ExpertCall(ExpertCall {
+            model_id: "m".into(),
+            block: 3,
+            experts: vec![ExpertRows {
+                expert: 200,
+                decode: 1,
+                rows: HiddenStates::encode(&[1.0, -2.0], 1, 2, WireDtype::F32),
+            }],
+        }),
+        Message::ExpertOut(ExpertOut {
+            outputs: vec![HiddenStates::encode(&[0.5, 4.0], 1, 2, WireDtype::F16)],
+        }),
     ]
 }
 
-const SNAPSHOTS: [&str; 15] = [
+const SNAPSHOTS: [&str; 17] = [
     "0107026e3101abababababababababababababababababababababababababababababababab",
     "02fd0807060504030201016d00030108313244334b6f6f570d31302e302e302e323a3730303003070000003f286666663ffb020101fb2c01010501070000c8c2000202fc70110100010108313244334b6f6f58015a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a05",
     "030940",
@@ -128,6 +141,8 @@ const SNAPSHOTS: [&str; 15] = [
     "0d0906",
     "0e09",
     "0f0908313244334b6f6f59",
+    "10016d0301c801010200080000803f000000c0",
+    "11010102010400380044",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -149,11 +164,11 @@ fn every_kind_encodes_to_its_snapshot() {
 #[test]
 fn kind_numbers_are_fixed_and_unknown_ones_refused() {
     let numbers: Vec<u8> = Kind::ALL.iter().map(|k| *k as u8).collect();
-    assert_eq!(numbers, (1..=15).collect::<Vec<u8>>());
+    assert_eq!(numbers, (1..=17).collect::<Vec<u8>>());
     for k in Kind::ALL {
         assert_eq!(Kind::from_wire(k as u8), Some(k));
     }
-    for n in [0u8, 16, 200, 255] {
+    for n in [0u8, 18, 200, 255] {
         assert_eq!(Kind::from_wire(n), None);
         // An unknown kind is an error, never another message, whatever follows it.
         let body = [n, 9, 0, 0, 0, 0, 0, 0, 0];

@@ -1,4 +1,5 @@
 use super::*;
+use crate::experts::ExpertRows;
 use proptest::prelude::*;
 
 fn dtype() -> impl Strategy<Value = WireDtype> {
@@ -206,6 +207,33 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|session| Message::Leaving(Leaving { session })),
         (any::<u64>(), text)
             .prop_map(|(session, peer_id)| Message::Admit(Admit { session, peer_id })),
+        (
+            text,
+            any::<u32>(),
+            proptest::collection::vec((any::<u32>(), 0u32..4, 1u32..4, dtype()), 0..4)
+        )
+            .prop_map(|(model_id, block, experts)| {
+                let experts = experts
+                    .into_iter()
+                    .map(|(expert, decode, n, d)| {
+                        let v: Vec<f32> = (0..n * 3).map(|i| i as f32 * 0.5).collect();
+                        ExpertRows {
+                            expert,
+                            decode,
+                            rows: HiddenStates::encode(&v, n, 3, d),
+                        }
+                    })
+                    .collect();
+                Message::ExpertCall(ExpertCall {
+                    model_id,
+                    block,
+                    experts,
+                })
+            }),
+        (proptest::collection::vec(-4f32..4.0, 0..12), dtype()).prop_map(|(v, d)| {
+            let outputs = vec![HiddenStates::encode(&v, 1, v.len() as u32, d); 2];
+            Message::ExpertOut(ExpertOut { outputs })
+        }),
     ]
 }
 
