@@ -80,6 +80,8 @@ pub enum RunError {
     Tensor(#[from] baton_shaders::QuantError),
     #[error("{0}")]
     Backend(String),
+    #[error("expert peers: {0}")]
+    Experts(String),
     #[error(
         "this build has no {0} backend; use --backend wgpu (any Vulkan, Metal or DX12 GPU) or cpu"
     )]

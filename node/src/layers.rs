@@ -22,6 +22,11 @@ pub trait Block<B: Backend>: Send + Sync {
         kvs: &mut [&mut B::Kv],
         pass: &Pass,
     ) -> Result<(), RunError>;
+
+    /// The block's mixture of experts, where it has one.
+    fn moe(&self) -> Option<&MoeMlp<B>> {
+        None
+    }
 }
 
 /// The `N` outputs of a call that returns one per weight it was given.
@@ -388,5 +393,34 @@ impl<B: Backend> Block<B> for PreNormBlock<B> {
         let xn = be.rmsnorm(x, &self.ffn_norm, self.eps)?;
         let d = self.mlp.forward(be, &xn, pass)?;
         be.add(x, &d)
+    }
+
+    fn moe(&self) -> Option<&MoeMlp<B>> {
+        match &self.mlp {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        }
+    }
+}
+
+/// A block of a node that serves experts only: its routed experts, or nothing for a dense
+/// layer. It runs expert calls, never a pass.
+pub struct ExpertsOnlyBlock<B: Backend>(pub Option<MoeMlp<B>>);
+
+impl<B: Backend> Block<B> for ExpertsOnlyBlock<B> {
+    fn forward(
+        &self,
+        _: &B,
+        _: &mut B::Act,
+        _: &mut [&mut B::Kv],
+        _: &Pass,
+    ) -> Result<(), RunError> {
+        Err(RunError::Experts(
+            "this node serves experts only: it runs no pass".into(),
+        ))
+    }
+
+    fn moe(&self) -> Option<&MoeMlp<B>> {
+        self.0.as_ref()
     }
 }

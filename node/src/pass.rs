@@ -8,6 +8,7 @@
 use baton_shaders::cpu::GEMM_MIN_TOKENS;
 
 use crate::error::RunError;
+use crate::moe::Remote;
 
 /// One step's rows in a pass: `len` rows from `start`, at positions `pos0..pos0 + len` of its
 /// session.
@@ -18,10 +19,12 @@ pub struct Segment {
     pub pos0: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Pass {
     segments: Vec<Segment>,
     decode: usize,
+    /// Where the routed experts the span does not hold run.
+    remote: Remote,
 }
 
 /// Whether a step of `len` tokens is computed as decode.
@@ -54,7 +57,21 @@ impl Pass {
         if segments.is_empty() {
             return Err(RunError::Empty);
         }
-        Ok(Pass { segments, decode })
+        Ok(Pass {
+            segments,
+            decode,
+            remote: Remote::default(),
+        })
+    }
+
+    /// The same pass, sending the rows of experts the span does not hold to `remote`.
+    pub fn with_remote(mut self, remote: Remote) -> Pass {
+        self.remote = remote;
+        self
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
     }
 
     pub fn segments(&self) -> &[Segment] {

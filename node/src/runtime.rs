@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use baton_protocol::experts::ExpertShard;
 use baton_protocol::Span;
 
 use crate::backend::cpu::CpuBackend;
@@ -38,6 +39,8 @@ pub enum KvDtype {
 pub struct EngineOptions {
     pub backend: BackendChoice,
     pub kv_dtype: KvDtype,
+    /// Only these routed experts of each mixture-of-experts layer (all when `None`).
+    pub experts: Option<ExpertShard>,
 }
 
 impl From<BackendChoice> for EngineOptions {
@@ -107,8 +110,12 @@ impl Engine {
             ),
         };
         Ok(match gpu {
-            None => Engine::Cpu(Arc::new(DecoderSpan::load(
-                model, span, CpuBackend, progress,
+            None => Engine::Cpu(Arc::new(DecoderSpan::load_part(
+                model,
+                span,
+                options.experts,
+                CpuBackend,
+                progress,
             )?)),
             Some(gpu) => {
                 let kv_format = match options.kv_dtype {
@@ -116,7 +123,13 @@ impl Engine {
                     KvDtype::F32 => KvFormat::F32,
                 };
                 let backend = GpuBackend { gpu, kv_format };
-                Engine::Gpu(Arc::new(DecoderSpan::load(model, span, backend, progress)?))
+                Engine::Gpu(Arc::new(DecoderSpan::load_part(
+                    model,
+                    span,
+                    options.experts,
+                    backend,
+                    progress,
+                )?))
             }
         })
     }
@@ -162,7 +175,35 @@ impl Engine {
 
     /// Bytes of KV cache one position takes in all the span's layers: keys and values (MLA:
     /// the latent row alone), in f32 on the CPU and in the cache's format on a GPU.
+    /// The routed experts its mixture-of-experts layers hold, when not all of them.
+    pub fn shard(&self) -> Option<ExpertShard> {
+        each!(self, s => s.shard)
+    }
+
+    /// Whether the engine holds routed experts only: it answers expert calls, and opens no
+    /// sessions.
+    pub fn experts_only(&self) -> bool {
+        each!(self, s => s.experts_only())
+    }
+
+    /// Sends the rows of experts the span does not hold to `remote` from now on.
+    pub fn set_remote(&self, remote: crate::moe::Remote) {
+        each!(self, s => s.set_remote(remote))
+    }
+
+    /// See [`DecoderSpan::run_experts`].
+    pub fn run_experts(
+        &self,
+        block: usize,
+        calls: &[(usize, Vec<f32>, usize)],
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        each!(self, s => s.run_experts(block, calls))
+    }
+
     pub fn kv_bytes_per_token(&self) -> usize {
+        if self.experts_only() {
+            return 0;
+        }
         let (blocks, layout) = each!(self, s => (s.span.len(), s.config.kv_layout()));
         blocks as usize * layout.per_position() * self.kv_value_bytes()
     }

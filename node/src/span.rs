@@ -2,13 +2,17 @@
 //! starts the model, its blocks (each architecture's, see [`crate::arch`]), and the final norm
 //! and head when it ends the model.
 
+use std::sync::RwLock;
+
+use baton_protocol::experts::ExpertShard;
 use baton_protocol::Span;
 
 use crate::arch::ModelConfig;
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
-use crate::layers::Block;
+use crate::layers::{Block, ExpertsOnlyBlock, Loader};
 use crate::model::ModelFile;
+use crate::moe::{MoeMlp, Remote};
 use crate::pass::Pass;
 
 /// The weights of one span, resident on its backend.
@@ -21,6 +25,10 @@ pub struct DecoderSpan<B: Backend> {
     norm: Option<B::Vector>,
     /// `None` while the span has no head, or when the tied head is `embed` itself.
     head: Option<B::Weight>,
+    /// The routed experts its mixture-of-experts layers hold, when not all of them.
+    pub shard: Option<ExpertShard>,
+    /// Where the experts it does not hold run; set once the node's network is up.
+    remote: RwLock<Remote>,
 }
 
 /// The per-session state of a span: each layer's KV cache and the next position.
@@ -57,7 +65,43 @@ impl<B: Backend + 'static> DecoderSpan<B> {
         backend: B,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, Error> {
-        let c = model.config.clone();
+        Self::load_part(model, span, None, backend, progress)
+    }
+
+    /// Loads the span holding only `shard`'s routed experts in its mixture-of-experts layers
+    /// (all of them for `None`); with `shard.only`, those experts and nothing else.
+    pub fn load_part(
+        model: &ModelFile,
+        span: Span,
+        shard: Option<ExpertShard>,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, Error> {
+        let mut c = model.config.clone();
+        if let Some(shard) = shard {
+            let moe = c
+                .moe
+                .as_mut()
+                .ok_or_else(|| crate::error::LoadError::Config {
+                    path: model.path.clone(),
+                    what: "experts were asked for, but the model has no mixture-of-experts layers"
+                        .into(),
+                })?;
+            if !shard.is_valid() || shard.of as usize != moe.experts {
+                return Err(crate::error::LoadError::Config {
+                    path: model.path.clone(),
+                    what: format!(
+                        "{shard} asked for, but its layers have {} experts",
+                        moe.experts
+                    ),
+                }
+                .into());
+            }
+            moe.shard = Some(shard);
+        }
+        if shard.is_some_and(|s| s.only) {
+            return Self::load_experts_only(model, span, c, backend, progress);
+        }
         span.check(c.layers as u32)
             .map_err(crate::error::LoadError::from)?;
         let h = c.hidden;
@@ -101,7 +145,95 @@ impl<B: Backend + 'static> DecoderSpan<B> {
             blocks,
             norm,
             head,
+            shard,
+            remote: RwLock::new(Remote::default()),
         })
+    }
+
+    /// The routed experts of the span's mixture-of-experts layers that `c` names, and nothing
+    /// else: no embedding, attention, norms, router or head.
+    fn load_experts_only(
+        model: &ModelFile,
+        span: Span,
+        c: crate::arch::ModelConfig,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, Error> {
+        span.check(c.layers as u32)
+            .map_err(crate::error::LoadError::from)?;
+        let total = span.len() as usize;
+        let mut blocks: Vec<Box<dyn Block<B>>> = Vec::with_capacity(total);
+        for (n, i) in (span.start..span.end).enumerate() {
+            let l = Loader {
+                model,
+                config: &c,
+                backend: &backend,
+                block: i as usize,
+            };
+            let moe = match &c.moe {
+                Some(moe) if moe.is_moe(i as usize) => Some(MoeMlp::load(&l, moe)?),
+                _ => None,
+            };
+            blocks.push(Box::new(ExpertsOnlyBlock(moe)));
+            progress(n + 1, total);
+        }
+        let shard = c.moe.as_ref().and_then(|m| m.shard);
+        Ok(DecoderSpan {
+            config: c,
+            span,
+            backend,
+            embed: None,
+            blocks,
+            norm: None,
+            head: None,
+            shard,
+            remote: RwLock::new(Remote::default()),
+        })
+    }
+
+    /// Whether the span holds routed experts and nothing else.
+    pub fn experts_only(&self) -> bool {
+        self.shard.is_some_and(|s| s.only)
+    }
+
+    /// Sends the rows of experts the span does not hold to `remote` from now on.
+    pub fn set_remote(&self, remote: Remote) {
+        match self.remote.write() {
+            Ok(mut r) => *r = remote,
+            Err(poisoned) => *poisoned.into_inner() = remote,
+        }
+    }
+
+    fn remote(&self) -> Remote {
+        match self.remote.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Runs routed experts of block `block` (of the model) that the span holds over rows sent
+    /// by a peer: `(expert, rows, decode rows)`; each expert's output rows, unweighted.
+    pub fn run_experts(
+        &self,
+        block: usize,
+        calls: &[(usize, Vec<f32>, usize)],
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        let moe = block
+            .checked_sub(self.span.start as usize)
+            .and_then(|i| self.blocks.get(i))
+            .and_then(|b| b.moe())
+            .ok_or_else(|| {
+                RunError::Experts(format!(
+                    "block {block} is not a mixture-of-experts layer of span {}",
+                    self.span
+                ))
+            })?;
+        if let Some((e, _, _)) = calls.iter().find(|(e, _, _)| !moe.holds(*e)) {
+            return Err(RunError::Experts(format!(
+                "this node does not hold expert {e} of block {block}"
+            )));
+        }
+        moe.run_call(&self.backend, calls)
     }
 
     pub fn has_embed(&self) -> bool {
@@ -195,7 +327,8 @@ impl<B: Backend + 'static> DecoderSpan<B> {
             }
         }
         let order = crate::pass::order(&lens);
-        let pass = Pass::new(order.iter().map(|&i| (lens[i], caches[i].pos)))?;
+        let pass =
+            Pass::new(order.iter().map(|&i| (lens[i], caches[i].pos)))?.with_remote(self.remote());
         let mut x = match &self.embed {
             Some(table) => {
                 let ids: Vec<u32> = order

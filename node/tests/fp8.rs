@@ -170,6 +170,7 @@ fn fp8_weights_compute_as_their_values() {
     let options = EngineOptions {
         backend: BackendChoice::Wgpu,
         kv_dtype: KvDtype::F32,
+        ..Default::default()
     };
     let gpu = logits(&fp8, options);
     let worst = max_abs_diff(&gpu, &want);

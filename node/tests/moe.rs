@@ -86,6 +86,7 @@ fn configs_describe_the_experts() {
     let f16 = EngineOptions {
         backend: BackendChoice::Wgpu,
         kv_dtype: KvDtype::F16,
+        ..Default::default()
     };
     let gpu = Engine::load(&d, span, f16, &mut |_, _| {}).unwrap();
     assert_eq!(gpu.kv_bytes_per_token(), (32 + 8) * 4 * 2);
@@ -134,6 +135,7 @@ fn a_long_deepseek_session_holds_latent_rows_only() {
     let wgpu = EngineOptions {
         backend: BackendChoice::Wgpu,
         kv_dtype: KvDtype::F16,
+        ..Default::default()
     };
     // (32 + 8) values per layer, 4 layers, f32 on the CPU and f16 on wgpu.
     for (options, per_token) in [(BackendChoice::Cpu.into(), 640), (wgpu, 320)] {

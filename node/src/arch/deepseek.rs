@@ -162,6 +162,7 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
         routing,
         dense: (0..c.layers.min(k.u_or("leading_dense_block_count", 0))).collect(),
         shared: k.u_or("expert_shared_count", 0).saturating_mul(ffn),
+        shard: None,
     });
     latent(&mut c, mla);
     Ok(c)
@@ -270,6 +271,7 @@ pub fn from_hf(path: &Path, raw: &Json, model_type: &str) -> Result<ModelConfig,
         routing,
         dense: (0..c.layers.min(dense)).collect(),
         shared: int("n_shared_experts").unwrap_or(0).saturating_mul(ffn),
+        shard: None,
     });
     Ok(c)
 }

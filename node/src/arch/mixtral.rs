@@ -29,6 +29,7 @@ fn moe(experts: usize, used: usize, ffn: usize) -> MoeConfig {
         routing: Routing::Softmax { renorm: true },
         dense: Vec::new(),
         shared: 0,
+        shard: None,
     }
 }
 

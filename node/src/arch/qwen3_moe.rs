@@ -40,6 +40,7 @@ pub fn from_gguf(g: &crate::gguf::GgufFile) -> Result<ModelConfig, LoadError> {
         routing: Routing::Softmax { renorm: true },
         dense: Vec::new(),
         shared: 0,
+        shard: None,
     });
     Ok(c)
 }
@@ -85,6 +86,7 @@ pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
             .filter(|i| only_mlp.contains(i) || !(i + 1).is_multiple_of(step))
             .collect(),
         shared: 0,
+        shard: None,
     });
     Ok(c)
 }

@@ -40,6 +40,7 @@ impl ModelArgs {
         let options = EngineOptions {
             backend: self.backend,
             kv_dtype: self.kv_dtype,
+            ..Default::default()
         };
         let span = Span::full(model.config.layers as u32);
         load_span(model, span, options, &self.model)

@@ -6,13 +6,21 @@
 //!
 //! Routing runs on the host over the downloaded router logits (a few values per token), so the
 //! same code routes for every backend.
+//!
+//! A node may hold only some of the routed experts (see [`remote`]): the rows of the others go
+//! to peers holding them, and their outputs come back into the same sum.
+
+use baton_protocol::experts::{ExpertRows, ExpertShard};
+use baton_protocol::{HiddenStates, WireDtype};
 
 use crate::backend::Backend;
 use crate::error::{Error, RunError};
 use crate::layers::{outputs, Activation, Loader, Mlp};
 use crate::pass::{is_decode, Pass};
 
+pub mod remote;
 mod route;
+pub use remote::{Remote, RemoteExperts};
 pub use route::{route, Routing};
 
 /// Most experts per layer a config may declare (DeepSeek-V3 has 256).
@@ -32,6 +40,9 @@ pub struct MoeConfig {
     /// The intermediate width of the shared experts every token also runs, unweighted, as one
     /// MLP (`ffn_*_shexp`); 0 for none.
     pub shared: usize,
+    /// The routed experts this node loads, when not all of them; with `only`, it loads
+    /// nothing else of the model.
+    pub shard: Option<ExpertShard>,
 }
 
 impl MoeConfig {
@@ -154,10 +165,13 @@ pub fn expert_rows(
 }
 
 /// A mixture-of-experts feed-forward: the router (`ffn_gate_inp`), each expert's gate, up
-/// and down weights, and the shared experts where the model has them.
+/// and down weights, and the shared experts where the model has them. A node holding a shard
+/// of the experts has `None` for the others; one holding experts only has no router either.
 pub struct MoeMlp<B: Backend> {
-    router: B::Weight,
-    experts: Vec<[B::Weight; 3]>,
+    block: usize,
+    hidden: usize,
+    router: Option<B::Weight>,
+    experts: Vec<Option<[B::Weight; 3]>>,
     used: usize,
     routing: Routing,
     /// The grouped routing's choice bias (`exp_probs_b`), on the host where routing runs.
@@ -165,36 +179,51 @@ pub struct MoeMlp<B: Backend> {
     shared: Option<Mlp<B>>,
 }
 
+/// An expert's rows in a pass: the expert, its input rows, and how many are decode rows.
+type Rows<A> = (usize, A, usize);
+
 impl<B: Backend> MoeMlp<B> {
     pub fn load(l: &Loader<B>, moe: &MoeConfig) -> Result<Self, Error> {
         let h = l.config.hidden;
+        let held = remote::held(moe.shard, moe.experts);
         let experts = (0..moe.experts)
             .map(|e| {
+                if !held.contains(&e) {
+                    return Ok(None);
+                }
                 let w = |part, cols, rows| l.expert(part, e, moe.experts, cols, rows);
-                Ok([
+                Ok(Some([
                     w("ffn_gate", h, moe.ffn)?,
                     w("ffn_up", h, moe.ffn)?,
                     w("ffn_down", moe.ffn, h)?,
-                ])
+                ]))
             })
             .collect::<Result<_, Error>>()?;
+        let only = moe.shard.is_some_and(|s| s.only);
         let bias = match moe.routing {
-            Routing::Grouped { .. } => Some(
+            Routing::Grouped { .. } if !only => Some(
                 l.model
                     .tensor(&format!("blk.{}.exp_probs_b.bias", l.block), &[moe.experts])?
                     .to_f32()
                     .map_err(RunError::from)?,
             ),
-            Routing::Softmax { .. } | Routing::SoftmaxGroups { .. } => None,
+            _ => None,
         };
-        let shared = if moe.shared > 0 {
+        let shared = if moe.shared > 0 && !only {
             let parts = ["ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"];
             Some(Mlp::load_parts(l, parts, moe.shared, Activation::Silu)?)
         } else {
             None
         };
+        let router = if only {
+            None
+        } else {
+            Some(l.weight("ffn_gate_inp", h, moe.experts)?)
+        };
         Ok(MoeMlp {
-            router: l.weight("ffn_gate_inp", h, moe.experts)?,
+            block: l.block,
+            hidden: h,
+            router,
             experts,
             used: moe.used,
             routing: moe.routing,
@@ -203,14 +232,21 @@ impl<B: Backend> MoeMlp<B> {
         })
     }
 
+    /// Whether this node holds routed expert `e`.
+    pub fn holds(&self, e: usize) -> bool {
+        self.experts.get(e).is_some_and(|w| w.is_some())
+    }
+
     /// Over the rows of `pass`. Each token is computed as its step alone computes it: see
     /// [`expert_rows`]. The experts' products run together, one pass for gate and up and one
-    /// for down.
+    /// for down. The rows of experts held elsewhere go to `pass`'s remote experts first.
     pub fn forward(&self, be: &B, xn: &B::Act, pass: &Pass) -> Result<B::Act, RunError> {
         let n = self.experts.len();
-        let logits = be
-            .linear(&[&self.router], xn, pass.decode_rows())?
-            .remove(0);
+        let router = self
+            .router
+            .as_ref()
+            .ok_or_else(|| RunError::Backend(format!("block {} holds experts only", self.block)))?;
+        let logits = be.linear(&[router], xn, pass.decode_rows())?.remove(0);
         let chosen = route(
             &be.download(&logits)?,
             n,
@@ -227,7 +263,7 @@ impl<B: Backend> MoeMlp<B> {
         }
         // The experts with rows, their inputs and decode rows; where each token's slots land
         // among all the experts' outputs, one expert's after another's.
-        let mut active = Vec::new();
+        let mut active: Vec<Rows<B::Act>> = Vec::new();
         let mut slot_at = vec![vec![0u32; self.used]; chosen.len()];
         let mut at = 0;
         for (e, (rows, decode)) in expert_rows(&chosen, pass, n).into_iter().enumerate() {
@@ -243,36 +279,32 @@ impl<B: Backend> MoeMlp<B> {
             let x = be.gather(xn, &rows, None)?;
             active.push((e, x, decode));
         }
-        let gate_up: Vec<[&B::Weight; 2]> = active
-            .iter()
-            .map(|(e, _, _)| [&self.experts[*e][0], &self.experts[*e][1]])
-            .collect();
-        let groups: Vec<_> = active
-            .iter()
-            .zip(&gate_up)
-            .map(|((_, x, d), ws)| (&ws[..], x, *d))
-            .collect();
-        let mut hidden = Vec::with_capacity(active.len());
-        for gu in be.linear_groups(&groups)? {
-            let [mut g, u] = outputs(gu)?;
-            be.silu_mul(&mut g, &u)?;
-            hidden.push(g);
+        let (local, away): (Vec<_>, Vec<_>) = active.into_iter().partition(|a| self.holds(a.0));
+        let pending = self.send_away(be, &away, pass)?;
+        let mut mine = self.run(be, &local)?.into_iter();
+        let mut theirs = match pending {
+            Some(p) => remote::wait(p, away.len())?.into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        // Every expert's output rows, in expert order.
+        let (mut li, mut ai) = (local.iter().peekable(), away.iter().peekable());
+        let mut outs = Vec::with_capacity(local.len() + away.len());
+        loop {
+            let take_local = match (li.peek(), ai.peek()) {
+                (Some(l), Some(a)) => l.0 < a.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_local {
+                li.next();
+                outs.push(mine.next().ok_or(RunError::Empty)?);
+            } else {
+                ai.next();
+                let y = theirs.next().ok_or(RunError::Empty)?;
+                outs.push(be.upload(&y, self.hidden)?);
+            }
         }
-        let down: Vec<[&B::Weight; 1]> = active
-            .iter()
-            .map(|(e, _, _)| [&self.experts[*e][2]])
-            .collect();
-        let groups: Vec<_> = active
-            .iter()
-            .zip(&down)
-            .zip(&hidden)
-            .map(|(((_, _, d), ws), h)| (&ws[..], h, *d))
-            .collect();
-        let outs: Vec<B::Act> = be
-            .linear_groups(&groups)?
-            .into_iter()
-            .filter_map(|mut o| o.pop())
-            .collect();
         let ys = be.concat(&outs)?;
         // Slot s of every token: its s-th expert's output row, weighted; the slots add up in
         // expert order.
@@ -299,6 +331,99 @@ impl<B: Backend> MoeMlp<B> {
         }
         Ok(out)
     }
+
+    /// Hands the rows of experts held elsewhere to the pass's remote experts, in f32.
+    fn send_away(
+        &self,
+        be: &B,
+        away: &[Rows<B::Act>],
+        pass: &Pass,
+    ) -> Result<Option<remote::Pending>, RunError> {
+        if away.is_empty() {
+            return Ok(None);
+        }
+        let Some(peers) = &pass.remote().0 else {
+            let names: Vec<String> = away.iter().map(|a| a.0.to_string()).collect();
+            return Err(RunError::Experts(format!(
+                "block {} routes to experts {} that this node does not hold, and it has no \
+                 expert peers",
+                self.block,
+                names.join(", ")
+            )));
+        };
+        let calls = away
+            .iter()
+            .map(|(e, x, decode)| {
+                let v = be.download(x)?;
+                let rows = (v.len() / self.hidden.max(1)) as u32;
+                Ok(ExpertRows {
+                    expert: *e as u32,
+                    decode: *decode as u32,
+                    rows: HiddenStates::encode(&v, rows, self.hidden as u32, WireDtype::F32),
+                })
+            })
+            .collect::<Result<Vec<_>, RunError>>()?;
+        Ok(Some(peers.call(self.block as u32, calls)))
+    }
+
+    /// The held experts' outputs over their rows, unweighted, in the order given.
+    fn run(&self, be: &B, list: &[Rows<B::Act>]) -> Result<Vec<B::Act>, RunError> {
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        let weights = list
+            .iter()
+            .map(|(e, _, _)| {
+                self.experts
+                    .get(*e)
+                    .and_then(|w| w.as_ref())
+                    .ok_or_else(|| {
+                        RunError::Experts(format!("block {} does not hold expert {e}", self.block))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let gate_up: Vec<[&B::Weight; 2]> = weights.iter().map(|w| [&w[0], &w[1]]).collect();
+        let groups: Vec<_> = list
+            .iter()
+            .zip(&gate_up)
+            .map(|((_, x, d), ws)| (&ws[..], x, *d))
+            .collect();
+        let mut hidden = Vec::with_capacity(list.len());
+        for gu in be.linear_groups(&groups)? {
+            let [mut g, u] = outputs(gu)?;
+            be.silu_mul(&mut g, &u)?;
+            hidden.push(g);
+        }
+        let down: Vec<[&B::Weight; 1]> = weights.iter().map(|w| [&w[2]]).collect();
+        let groups: Vec<_> = list
+            .iter()
+            .zip(&down)
+            .zip(&hidden)
+            .map(|(((_, _, d), ws), h)| (&ws[..], h, *d))
+            .collect();
+        Ok(be
+            .linear_groups(&groups)?
+            .into_iter()
+            .filter_map(|mut o| o.pop())
+            .collect())
+    }
+
+    /// Answers an expert call: each expert's output rows over the rows it was sent, computed
+    /// as [`MoeMlp::forward`] computes them.
+    pub fn run_call(
+        &self,
+        be: &B,
+        calls: &[(usize, Vec<f32>, usize)],
+    ) -> Result<Vec<Vec<f32>>, RunError> {
+        let list = calls
+            .iter()
+            .map(|(e, rows, decode)| Ok((*e, be.upload(rows, self.hidden)?, *decode)))
+            .collect::<Result<Vec<_>, RunError>>()?;
+        self.run(be, &list)?
+            .iter()
+            .map(|y| be.download(y))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +439,7 @@ mod tests {
             routing: Routing::Softmax { renorm: true },
             dense: vec![0],
             shared: 0,
+            shard: None,
         };
         assert!(moe.uses_part("ffn_up.7.weight") && moe.uses_part("ffn_down_exps.weight"));
         assert!(!moe.uses_part("ffn_up.8.weight") && !moe.uses_part("ffn_up.x.weight"));

@@ -58,6 +58,13 @@ pub fn check_folder(
 pub fn wgpu_runs() -> [(EngineOptions, f32); 2] {
     [(KvDtype::F32, 1e-3), (KvDtype::F16, 1e-2)].map(|(kv_dtype, tol)| {
         let backend = BackendChoice::Wgpu;
-        (EngineOptions { backend, kv_dtype }, tol)
+        (
+            EngineOptions {
+                backend,
+                kv_dtype,
+                ..Default::default()
+            },
+            tol,
+        )
     })
 }
