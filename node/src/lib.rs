@@ -13,6 +13,7 @@ pub mod arch;
 pub mod backend;
 pub mod blob;
 pub mod dht;
+pub mod dispatch;
 pub mod error;
 pub mod fp8;
 pub mod fuzzing;

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use crate::RunError;
 
 mod admit;
 mod batch;
+mod experts;
 mod limits;
 mod report;
 mod session;
@@ -123,6 +124,10 @@ pub struct Server {
     batcher: batch::Batcher,
     /// Prompts kept for reuse.
     prefixes: Arc<Mutex<PrefixStore>>,
+    /// Where routed experts the span does not hold run (see [`Server::set_remote`]).
+    remote: Mutex<crate::moe::Remote>,
+    /// Expert calls answered, and the rows they carried.
+    experts_served: (AtomicU64, AtomicU64),
 }
 
 fn error(session: u64, seq: u64, code: ErrorCode, message: impl Into<String>) -> ErrorMsg {
@@ -142,6 +147,7 @@ fn error_code(e: &RunError) -> ErrorCode {
         RunError::TokenId { .. } | RunError::HiddenShape { .. } | RunError::Empty => {
             ErrorCode::Malformed
         }
+        RunError::Experts(_) => ErrorCode::WrongSpan,
         _ => ErrorCode::Internal,
     }
 }
@@ -164,6 +170,24 @@ struct StepMsg {
 }
 
 impl Server {
+    /// What this node needs to call expert peers from its own endpoint and identity.
+    pub fn caller(
+        &self,
+        hidden: usize,
+        ffn: usize,
+        dht: Option<crate::dht::Dht>,
+    ) -> crate::dispatch::Caller {
+        crate::dispatch::Caller {
+            endpoint: self.endpoint.clone(),
+            key: self.key.clone(),
+            greeting: self.greeting.clone(),
+            model_id: self.options.model_id.clone(),
+            hidden,
+            ffn,
+            dht,
+        }
+    }
+
     /// Binds the data plane on `listen` (port 0 picks a free one).
     pub fn bind(
         engine: Arc<Engine>,
@@ -189,6 +213,8 @@ impl Server {
             prefixes: Arc::new(Mutex::new(PrefixStore::new(options.prefix_cache_tokens))),
             options,
             batcher: batch::Batcher::start()?,
+            remote: Mutex::new(crate::moe::Remote::default()),
+            experts_served: Default::default(),
         }))
     }
 
@@ -209,6 +235,9 @@ impl Server {
         }
         if let Ok(mut kept) = self.prefixes.lock() {
             kept.clear();
+        }
+        if let Ok(r) = self.remote.lock() {
+            engine.set_remote(r.clone());
         }
         match self.engine.write() {
             Ok(mut e) => *e = engine,
@@ -602,6 +631,7 @@ impl Server {
                 }
                 Ok(())
             }
+            Message::ExpertCall(c) => self.expert_call(c, send).await,
             Message::GetModelInfo(g) => match &self.options.model_info {
                 Some(info) if info.model_id == g.model_id => {
                     Self::reply(send, Message::ModelInfo(info.clone())).await;

@@ -23,6 +23,12 @@ impl Server {
         }
         let engine = self.engine();
         let span = engine.span();
+        if engine.experts_only() {
+            return Err(fail(
+                ErrorCode::WrongSpan,
+                format!("this node serves experts of blocks {span} only"),
+            ));
+        }
         if o.span != span {
             return Err(fail(
                 ErrorCode::WrongSpan,

@@ -143,6 +143,50 @@ impl Server {
         );
         each(
             out,
+            "baton:expert_calls_served_total",
+            "counter",
+            "Expert calls this node answered for other nodes' mixture-of-experts layers.",
+            &per(&|s| s.experts_served().0 as f64),
+        );
+        each(
+            out,
+            "baton:expert_rows_served_total",
+            "counter",
+            "Token rows those expert calls carried.",
+            &per(&|s| s.experts_served().1 as f64),
+        );
+        let dispatch =
+            |f: &dyn Fn(crate::moe::remote::DispatchStats) -> f64| per(&|s| f(s.dispatch_stats()));
+        each(
+            out,
+            "baton:expert_dispatch_layers_total",
+            "counter",
+            "Mixture-of-experts layers whose rows went to expert peers.",
+            &dispatch(&|d| d.calls as f64),
+        );
+        each(
+            out,
+            "baton:expert_dispatch_messages_total",
+            "counter",
+            "Messages sent to expert peers.",
+            &dispatch(&|d| d.messages as f64),
+        );
+        each(
+            out,
+            "baton:expert_dispatch_failures_total",
+            "counter",
+            "Messages to expert peers that failed or timed out; their experts went to another peer.",
+            &dispatch(&|d| d.failed as f64),
+        );
+        each(
+            out,
+            "baton:expert_dispatch_seconds_total",
+            "counter",
+            "Seconds mixture-of-experts layers waited for their expert peers.",
+            &dispatch(&|d| d.seconds),
+        );
+        each(
+            out,
             "baton:kv_cache_usage_perc",
             "gauge",
             "Share of the node's KV room that open sessions reserve (0 to 1).",
