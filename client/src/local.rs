@@ -72,6 +72,8 @@ impl LocalSwarm {
                 idle_timeout: std::time::Duration::from_secs(300),
                 swarm_key: None,
                 allow: Vec::new(),
+                experts: None,
+                experts_only: false,
                 faults: Default::default(),
             };
             let node = join(options, generate_identity(), &mut |d, t| progress(i, d, t)).await?;

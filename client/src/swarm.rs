@@ -16,7 +16,7 @@ use libp2p::Multiaddr;
 use tracing::warn;
 
 use crate::remote::{Banned, Hop, RemoteSession};
-use crate::route::{agreed_blocks, plan, PlannedHop, RouteError};
+use crate::route::{agreed_blocks, hop_records, plan, PlannedHop, RouteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
@@ -214,6 +214,7 @@ impl SwarmClient {
         let (id, mut records) = self.model_nodes(name).await?;
         let avoid: Vec<String> = avoid.iter().map(|p| p.to_string()).collect();
         records.retain(|r| !avoid.contains(&r.peer_id) && !self.is_banned(&r.peer_id));
+        let records = hop_records(records);
         let rtt = self.rtts(&records).await;
         let reachable: Vec<NodeRecord> = records
             .into_iter()
@@ -354,11 +355,7 @@ impl SwarmClient {
         exclude: &[PeerId],
     ) -> Option<Hop> {
         let excluded: Vec<String> = exclude.iter().map(|p| p.to_string()).collect();
-        let candidates: Vec<NodeRecord> = self
-            .dht
-            .lookup(Some(model))
-            .await
-            .ok()?
+        let candidates: Vec<NodeRecord> = hop_records(self.dht.lookup(Some(model)).await.ok()?)
             .into_iter()
             .filter(|r| r.span == span && !excluded.contains(&r.peer_id))
             .filter(|r| !self.is_banned(&r.peer_id))

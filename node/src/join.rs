@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use baton_protocol::experts::ExpertShard;
 use baton_protocol::record::NodeRecord;
 use baton_protocol::wire::ModelInfo;
 use baton_protocol::{Span, PROTOCOL_VERSION};
@@ -14,7 +15,9 @@ use libp2p::Multiaddr;
 use tracing::{info, warn};
 
 use crate::dht::{self, Dht, DhtError, RECORD_TTL, REPUBLISH};
+use crate::dispatch::ExpertPeers;
 use crate::model::{model_id, ModelFile};
+use crate::moe::Remote;
 use crate::net::{Keypair, NetError};
 use crate::runtime::{Engine, EngineOptions};
 use crate::server::{Server, ServerOptions};
@@ -65,6 +68,11 @@ pub struct JoinOptions {
     /// The data-plane address to announce instead of the one the node binds, for a node
     /// reached through port forwarding or a relay.
     pub public_addr: Option<SocketAddr>,
+    /// `--experts E0..E1`: hold only these routed experts of each mixture-of-experts layer
+    /// (all of them by default).
+    pub experts: Option<Span>,
+    /// `--experts-only`: hold the routed experts and nothing else; answer expert calls only.
+    pub experts_only: bool,
     /// Fault injection for tests; the default serves honestly.
     pub faults: Faults,
 }
@@ -135,6 +143,34 @@ pub fn least_served_window(coverage: &[u32], n: u32) -> Span {
         start: best,
         end: best + n,
     }
+}
+
+/// The routed experts the node holds: `None` for a dense model; all of them unless
+/// `--experts` says otherwise.
+fn expert_shard(model: &ModelFile, opts: &JoinOptions) -> Result<Option<ExpertShard>, JoinError> {
+    let Some(moe) = &model.config.moe else {
+        if opts.experts.is_some() || opts.experts_only {
+            return Err(JoinError::Other(format!(
+                "{} has no mixture-of-experts layers: --experts and --experts-only do not apply",
+                model.name()
+            )));
+        }
+        return Ok(None);
+    };
+    let of = moe.experts as u32;
+    let range = opts.experts.unwrap_or(Span { start: 0, end: of });
+    let shard = ExpertShard {
+        start: range.start,
+        end: range.end,
+        of,
+        only: opts.experts_only,
+    };
+    if !shard.is_valid() {
+        return Err(JoinError::Other(format!(
+            "--experts {range}: the model's layers have experts 0..{of}"
+        )));
+    }
+    Ok(Some(shard))
 }
 
 /// Blocks that fit in `memory` bytes with a quarter kept for KV caches and activations.
@@ -228,7 +264,8 @@ fn measure(engine: &Engine) -> Result<f32, Error> {
     let steps = 16;
     let run = |n: usize, cache: &mut crate::Cache| -> Result<(), Error> {
         if engine.has_embed() {
-            let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % 1000).collect();
+            let vocab = engine.vocab().clamp(1, 1000) as u32;
+            let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % vocab).collect();
             cache.run_step(SpanInput::Tokens(&ids), Logits::Last)?;
         } else {
             let h: Vec<f32> = (0..n * engine.hidden())
@@ -281,7 +318,10 @@ pub async fn join(
         &access,
     )
     .await?;
+    let shard = expert_shard(&model, &opts)?;
     let span = match opts.span {
+        // An expert-only node holds little of each block: all of them unless told.
+        SpanChoice::Auto if opts.experts_only => Span::full(blocks),
         SpanChoice::Fixed(s) => {
             s.check(blocks).map_err(crate::LoadError::from)?;
             s
@@ -302,14 +342,27 @@ pub async fn join(
             span
         }
     };
-    let engine = Arc::new(Engine::load(&model, span, opts.engine, progress)?);
-    let measured = measure(&engine)?;
+    let mut engine_options = opts.engine;
+    engine_options.experts = shard;
+    let engine = Arc::new(Engine::load(&model, span, engine_options, progress)?);
+    // A span holding some experts needs its peers to run a step: it is not measured.
+    let measured = match shard {
+        Some(s) if !s.is_all() => 0.0,
+        _ => measure(&engine)?,
+    };
     let tokens_per_s = opts.faults.claim_tokens_per_s.unwrap_or(measured);
-    info!(
-        "serving blocks {span} of {} on {}: {tokens_per_s:.1} tokens/s",
-        model.name(),
-        engine.describe()
-    );
+    match shard {
+        Some(s) if !s.is_all() => info!(
+            "serving {s} in blocks {span} of {} on {}",
+            model.name(),
+            engine.describe()
+        ),
+        _ => info!(
+            "serving blocks {span} of {} on {}: {tokens_per_s:.1} tokens/s",
+            model.name(),
+            engine.describe()
+        ),
+    }
     let model_info = match (&spec, engine.has_embed()) {
         (Some(spec), true) => Some(ModelInfo {
             model_id: id.clone(),
@@ -327,9 +380,12 @@ pub async fn join(
         SocketAddr::new(listen_ip(&opts.listen), 0),
         ServerOptions {
             max_sessions: opts.max_sessions,
-            max_kv_tokens: opts
-                .max_kv_tokens
-                .unwrap_or_else(|| kv_tokens_that_fit(&engine, crate::system::memory_available())),
+            // An expert-only node keeps no KV cache.
+            max_kv_tokens: match opts.max_kv_tokens {
+                _ if engine.experts_only() => 0,
+                Some(n) => n,
+                None => kv_tokens_that_fit(&engine, crate::system::memory_available()),
+            },
             idle_timeout: opts.idle_timeout,
             model_info,
             swarm_key: opts.swarm_key,
@@ -340,6 +396,15 @@ pub async fn join(
         },
     )?;
     tokio::spawn(server.clone().serve());
+    let peers = match (&model.config.moe, shard) {
+        (Some(moe), Some(s)) if !s.only => {
+            let c = server.caller(model.config.hidden, moe.ffn, Some(dht.clone()));
+            let peers = ExpertPeers::new(c);
+            server.set_remote(Remote(Some(Arc::new(peers.clone()))));
+            Some(peers)
+        }
+        _ => None,
+    };
     let port = server.local_addr()?.port();
     info!("data plane bound on {}", server.local_addr()?);
     let bootstrap_addrs = dht.listen_addrs().await?;
@@ -368,6 +433,7 @@ pub async fn join(
         memory_free: crate::system::memory_available(),
         tokens_per_s,
         kv_tokens_free: server.kv_tokens_free() as u64,
+        experts: shard,
         protocol_version: PROTOCOL_VERSION,
         name: opts.name.clone(),
         expires_unix: 0,
@@ -377,7 +443,7 @@ pub async fn join(
     let (d, s, mut r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
     let mover = (opts.span == SpanChoice::Auto).then(|| Mover {
         model: Arc::new(model),
-        options: opts.engine,
+        options: engine_options,
     });
     let announcer = tokio::spawn(async move {
         loop {
@@ -394,6 +460,11 @@ pub async fn join(
                     }
                 }
                 Err(e) => warn!("cannot sign the record: {e}"),
+            }
+            if let Some(p) = &peers {
+                if let Ok(records) = d.lookup(Some(&r.model_id)).await {
+                    p.update(&records);
+                }
             }
             tokio::time::sleep(REPUBLISH).await;
         }

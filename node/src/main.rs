@@ -32,7 +32,7 @@ enum Command {
     /// token, and how much of it a node of a given memory holds (a config.json alone will do).
     Inspect(cli::inspect::InspectArgs),
     /// Join a swarm (or start one) and serve a span of a model's blocks to it.
-    Join(cli::join::JoinArgs),
+    Join(Box<cli::join::JoinArgs>),
 }
 
 fn main() {
@@ -55,7 +55,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
-        Command::Join(a) => cli::join::run(a),
+        Command::Join(a) => cli::join::run(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

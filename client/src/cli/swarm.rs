@@ -1,6 +1,6 @@
 //! `baton swarm` and `baton route`: what the swarm serves, and the route a generation would take.
 
-use baton_client::route::uncovered;
+use baton_client::route::{expert_coverage, runs, uncovered};
 use baton_client::swarm::SwarmClient;
 use clap::Args;
 use libp2p::Multiaddr;
@@ -48,14 +48,21 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
     let bans = baton_client::bans::recent();
     let banned = |peer: &str| bans.iter().any(|b| b.peer_id == peer);
     println!(
-        "{:<14} {:<10} {:<8} {:<28} {:>9} {:>10} {:>12}  peer",
-        "name", "span", "model", "backend", "mem free", "tokens/s", "free KV"
+        "{:<14} {:<10} {:<12} {:<8} {:<28} {:>9} {:>10} {:>12}  peer",
+        "name", "span", "experts", "model", "backend", "mem free", "tokens/s", "free KV"
     );
     for r in &nodes {
+        let experts = match r.experts {
+            None => "-".to_string(),
+            Some(s) if s.is_all() => "all".to_string(),
+            Some(s) if s.only => format!("{}..{} only", s.start, s.end),
+            Some(s) => format!("{}..{}", s.start, s.end),
+        };
         println!(
-            "{:<14} {:<10} {:<8} {:<28} {:>6.1} GiB {:>10.1} {:>12}  {}{}",
+            "{:<14} {:<10} {:<12} {:<8} {:<28} {:>6.1} GiB {:>10.1} {:>12}  {}{}",
             r.name,
             r.span.to_string(),
+            experts,
             &r.model_id[..8.min(r.model_id.len())],
             r.backend,
             gib(r.memory_free),
@@ -75,6 +82,29 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
             .map(|(b, c)| format!("{b}:{c}"))
             .collect();
         println!("  nodes per block: {}", line.join(" "));
+        if let Some(cov) = expert_coverage(&recs, blocks) {
+            // Blocks whose experts are held alike share a line: each run of experts held by
+            // the same number of nodes, as `experts A-B x N`.
+            let lines: Vec<String> = cov
+                .iter()
+                .map(|per| {
+                    runs(per)
+                        .iter()
+                        .map(|&(a, b, n)| format!("{a}-{b} x{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .collect();
+            println!("  routed experts per block (experts A-B held by N nodes):");
+            let mut at = 0;
+            while at < lines.len() {
+                let end = (at..lines.len())
+                    .find(|&i| lines[i] != lines[at])
+                    .unwrap_or(lines.len());
+                println!("    blocks {at}..{end}: {}", lines[at]);
+                at = end;
+            }
+        }
         let missing = uncovered(&recs, blocks);
         if missing.is_empty() {
             println!("  every stage is served");

@@ -68,6 +68,17 @@ pub struct JoinArgs {
     /// Talk only to this peer (repeat for several); the default is everyone.
     #[arg(long, value_name = "PEER_ID")]
     pub allow_peer: Vec<baton_node::net::PeerId>,
+    /// Of a mixture-of-experts model: hold only the routed experts `E0..E1` of each
+    /// mixture-of-experts layer of the span (half-open, like --span). The tokens routed to
+    /// the others go to peers holding them, one message per layer and step. Best on a LAN or
+    /// in a datacenter: each such layer costs a round trip to the expert peers.
+    #[arg(long, value_name = "E0..E1")]
+    pub experts: Option<baton_protocol::Span>,
+    /// Hold the routed experts (all, or --experts) of the span's mixture-of-experts layers
+    /// and nothing else: no attention, no KV cache, no sessions. The node answers other
+    /// nodes' expert calls. With --span auto it takes every block.
+    #[arg(long)]
+    pub experts_only: bool,
     /// Serve `GET /metrics` (Prometheus' text format: passes, steps per pass, sessions, KV
     /// use) on this address, e.g. 127.0.0.1:9090. Off by default.
     #[arg(long, value_name = "IP:PORT")]
@@ -105,6 +116,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
         engine: EngineOptions {
             backend: a.model.backend,
             kv_dtype: a.model.kv_dtype,
+            ..Default::default()
         },
         listen: a.listen.clone(),
         bootstrap: a.bootstrap.clone(),
@@ -121,6 +133,8 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
             .map(baton_node::net::read_swarm_key)
             .transpose()?,
         allow: a.allow_peer.clone(),
+        experts: a.experts,
+        experts_only: a.experts_only,
         faults: faults()?,
     };
     // Bind first, so that a taken port fails before the model loads.
@@ -140,9 +154,14 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
     .await?;
     bar.finish_and_clear();
     let r = &node.record;
+    let speed = match r.experts {
+        // A node holding a shard of the experts needs its peers for a step.
+        Some(s) if !s.is_all() => s.to_string(),
+        _ => format!("{:.1} tokens/s", r.tokens_per_s),
+    };
     println!(
-        "{name} ({}) serves blocks {} of {} ({} blocks, model id {}) on {}, {:.1} tokens/s",
-        r.peer_id, r.span, r.model_name, r.blocks, r.model_id, r.backend, r.tokens_per_s
+        "{name} ({}) serves blocks {} of {} ({} blocks, model id {}) on {}, {speed}",
+        r.peer_id, r.span, r.model_name, r.blocks, r.model_id, r.backend
     );
     println!(
         "data plane (QUIC): {} (bound on {})",
