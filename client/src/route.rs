@@ -133,18 +133,6 @@ pub fn expert_coverage(records: &[NodeRecord], blocks: u32) -> Option<Vec<Vec<u3
     Some(c)
 }
 
-/// Runs of equal values: `(first, last, value)` for each.
-pub fn runs(v: &[u32]) -> Vec<(usize, usize, u32)> {
-    let mut out: Vec<(usize, usize, u32)> = Vec::new();
-    for (i, &x) in v.iter().enumerate() {
-        match out.last_mut() {
-            Some(r) if r.2 == x && r.1 + 1 == i => r.1 = i,
-            _ => out.push((i, i, x)),
-        }
-    }
-    out
-}
-
 /// Plans a route over `records` (one model, `blocks` blocks) with the measured `rtt` per peer id.
 pub fn plan(
     records: &[NodeRecord],
@@ -259,7 +247,6 @@ mod tests {
         let cov = expert_coverage(&[a, b], 5).unwrap();
         assert_eq!(cov[0], [1, 1, 1, 1, 1, 1, 1, 1]);
         assert_eq!(cov[4], [0; 8]);
-        assert_eq!(runs(&[1, 1, 2, 2, 2, 0]), [(0, 1, 1), (2, 4, 2), (5, 5, 0)]);
         assert!(expert_coverage(&[rec("d", 0, 4, 1.0)], 4).is_none());
     }
 

@@ -174,3 +174,25 @@ pub fn capacity(
     let expert = bytes.blocks.iter().map(|b| b.expert).max().unwrap_or(0);
     (blocks, memory.checked_div(expert).unwrap_or(0))
 }
+
+/// Runs of equal items: `(first, last, item)` for each, in order.
+pub fn runs<T: PartialEq + Clone>(items: &[T]) -> Vec<(usize, usize, T)> {
+    let mut out: Vec<(usize, usize, T)> = Vec::new();
+    for (i, x) in items.iter().enumerate() {
+        match out.last_mut() {
+            Some(last) if last.2 == *x => last.1 = i,
+            _ => out.push((i, i, x.clone())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_group_equal_neighbours() {
+        let r = super::runs(&[1, 1, 2, 2, 2, 0, 1]);
+        assert_eq!(r, [(0, 1, 1), (2, 4, 2), (5, 5, 0), (6, 6, 1)]);
+        assert!(super::runs::<u8>(&[]).is_empty());
+    }
+}

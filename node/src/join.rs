@@ -170,6 +170,18 @@ fn expert_shard(model: &ModelFile, opts: &JoinOptions) -> Result<Option<ExpertSh
             "--experts {range}: the model's layers have experts 0..{of}"
         )));
     }
+    let groups = match moe.routing {
+        crate::moe::Routing::Grouped { groups, .. }
+        | crate::moe::Routing::SoftmaxGroups { groups, .. } => groups as u32,
+        crate::moe::Routing::Softmax { .. } => 1,
+    };
+    let size = of / groups.max(1);
+    if groups > 1 && !(shard.start.is_multiple_of(size) && shard.end.is_multiple_of(size)) {
+        warn!(
+            "--experts {range} cuts a group of {size} experts: shards on group boundaries \
+             bound the peers a token's experts lie on to the groups it keeps"
+        );
+    }
     Ok(Some(shard))
 }
 
@@ -441,6 +453,7 @@ pub async fn join(
     // Announce now and keep the announcement fresh; a node with `--span auto` moves to cover
     // a gap that a departed node left, when its own span stays covered without it.
     let (d, s, mut r, k) = (dht.clone(), server.clone(), record.clone(), key.clone());
+    let claim = opts.faults.claim_tokens_per_s;
     let mover = (opts.span == SpanChoice::Auto).then(|| Mover {
         model: Arc::new(model),
         options: engine_options,
@@ -464,6 +477,20 @@ pub async fn join(
             if let Some(p) = &peers {
                 if let Ok(records) = d.lookup(Some(&r.model_id)).await {
                     p.update(&records);
+                }
+                // A span holding some of the experts is measured once its peers answer: its
+                // speed then includes their round trips, which the route planner weighs.
+                if r.tokens_per_s == 0.0 && claim.is_none() {
+                    let e = s.engine();
+                    match tokio::task::spawn_blocking(move || measure(&e)).await {
+                        Ok(Ok(tps)) => {
+                            info!("with its expert peers: {tps:.1} tokens/s");
+                            r.tokens_per_s = tps;
+                            continue;
+                        }
+                        Ok(Err(e)) => info!("not measured yet: {e}"),
+                        Err(e) => warn!("measuring: {e}"),
+                    }
                 }
             }
             tokio::time::sleep(REPUBLISH).await;

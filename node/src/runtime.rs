@@ -191,6 +191,11 @@ impl Engine {
         each!(self, s => s.set_remote(remote))
     }
 
+    /// Multiply-adds one routed expert takes per token (0 for a dense model).
+    pub fn expert_row_macs(&self) -> usize {
+        each!(self, s => s.config.moe.as_ref().map_or(0, |m| 3 * m.ffn * s.config.hidden))
+    }
+
     /// See [`DecoderSpan::run_experts`].
     pub fn run_experts(
         &self,

@@ -1,7 +1,8 @@
 //! `baton swarm` and `baton route`: what the swarm serves, and the route a generation would take.
 
-use baton_client::route::{expert_coverage, runs, uncovered};
+use baton_client::route::{expert_coverage, uncovered};
 use baton_client::swarm::SwarmClient;
+use baton_node::inspect::runs;
 use clap::Args;
 use libp2p::Multiaddr;
 
@@ -96,13 +97,8 @@ pub async fn swarm(a: SwarmArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             println!("  routed experts per block (experts A-B held by N nodes):");
-            let mut at = 0;
-            while at < lines.len() {
-                let end = (at..lines.len())
-                    .find(|&i| lines[i] != lines[at])
-                    .unwrap_or(lines.len());
-                println!("    blocks {at}..{end}: {}", lines[at]);
-                at = end;
+            for (first, last, line) in runs(&lines) {
+                println!("    blocks {first}..{}: {line}", last + 1);
             }
         }
         let missing = uncovered(&recs, blocks);

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use baton_node::inspect::{capacity, BlockSize, Sizes};
+use baton_node::inspect::{capacity, runs, Sizes};
 use baton_node::{ModelConfig, ModelFile};
 use clap::Args;
 
@@ -116,18 +116,6 @@ fn bytes(n: u64) -> String {
         n if n >= 1_000 => format!("{:.2} KB", n as f64 / 1e3),
         n => format!("{n} B"),
     }
-}
-
-/// Runs of equal blocks: `(first, last, size)`.
-fn runs(blocks: &[BlockSize]) -> Vec<(usize, usize, BlockSize)> {
-    let mut out: Vec<(usize, usize, BlockSize)> = Vec::new();
-    for (i, b) in blocks.iter().enumerate() {
-        match out.last_mut() {
-            Some(last) if last.2 == *b => last.1 = i,
-            _ => out.push((i, i, *b)),
-        }
-    }
-    out
 }
 
 pub fn run(a: InspectArgs) -> anyhow::Result<()> {

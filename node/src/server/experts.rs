@@ -12,6 +12,9 @@ use baton_protocol::{HiddenStates, WireDtype};
 use super::{error, error_code, Send, Server};
 use crate::moe::Remote;
 
+/// Multiply-adds of a call that runs on the network thread itself (well under a millisecond).
+const INLINE_MACS: u64 = 1 << 22;
+
 impl Server {
     /// Where the experts of the node's span that it does not hold run, for this engine and
     /// every engine it moves to.
@@ -76,11 +79,17 @@ impl Server {
         self.experts_served.0.fetch_add(1, Ordering::Relaxed);
         self.experts_served.1.fetch_add(rows, Ordering::Relaxed);
         let block = c.block as usize;
-        let run = Arc::clone(&engine);
-        let outs = tokio::task::spawn_blocking(move || run.run_experts(block, &calls))
-            .await
-            .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| fail(error_code(&e), e.to_string()))?;
+        // A decode step's few rows take microseconds: handing them to another thread would
+        // cost more than they do. Longer calls leave the network thread free.
+        let outs = if rows.saturating_mul(engine.expert_row_macs() as u64) <= INLINE_MACS {
+            engine.run_experts(block, &calls)
+        } else {
+            let run = Arc::clone(&engine);
+            tokio::task::spawn_blocking(move || run.run_experts(block, &calls))
+                .await
+                .map_err(|e| fail(ErrorCode::Internal, e.to_string()))?
+        }
+        .map_err(|e| fail(error_code(&e), e.to_string()))?;
         let outputs = outs
             .iter()
             .map(|y| {
