@@ -357,14 +357,15 @@ pub async fn join(
     let mut engine_options = opts.engine;
     engine_options.experts = shard;
     let engine = Arc::new(Engine::load(&model, span, engine_options, progress)?);
-    // A span holding some experts needs its peers to run a step: it is not measured.
+    // A span holding some experts needs its peers to run a step, and one holding experts only
+    // runs none: neither is measured now.
     let measured = match shard {
-        Some(s) if !s.is_all() => 0.0,
+        Some(s) if !s.runs_alone() => 0.0,
         _ => measure(&engine)?,
     };
     let tokens_per_s = opts.faults.claim_tokens_per_s.unwrap_or(measured);
     match shard {
-        Some(s) if !s.is_all() => info!(
+        Some(s) if !s.runs_alone() => info!(
             "serving {s} in blocks {span} of {} on {}",
             model.name(),
             engine.describe()
@@ -409,7 +410,7 @@ pub async fn join(
     )?;
     tokio::spawn(server.clone().serve());
     let peers = match (&model.config.moe, shard) {
-        (Some(moe), Some(s)) if !s.only => {
+        (Some(moe), Some(s)) if !s.only && !s.is_all() => {
             let c = server.caller(model.config.hidden, moe.ffn, Some(dht.clone()));
             let peers = ExpertPeers::new(c);
             server.set_remote(Remote(Some(Arc::new(peers.clone()))));

@@ -44,6 +44,12 @@ impl ExpertShard {
         self.start == 0 && self.end == self.of
     }
 
+    /// Whether a node holding it runs a step of its span by itself: every expert, and the
+    /// rest of the span beside them.
+    pub fn runs_alone(&self) -> bool {
+        self.is_all() && !self.only
+    }
+
     /// Whether the numbers make sense: a non-empty range inside `1..=MAX_WIRE_EXPERTS` experts.
     pub fn is_valid(&self) -> bool {
         self.start < self.end && self.end <= self.of && self.of <= MAX_WIRE_EXPERTS
@@ -100,6 +106,12 @@ mod tests {
         };
         assert!(s.is_valid() && s.holds(4) && s.holds(7) && !s.holds(8) && !s.holds(3));
         assert!(!s.is_all() && ExpertShard::all(8).is_all());
+        assert!(ExpertShard::all(8).runs_alone() && !s.runs_alone());
+        assert!(!ExpertShard {
+            only: true,
+            ..ExpertShard::all(8)
+        }
+        .runs_alone());
         assert_eq!(s.to_string(), "experts 4..8 of 8 (experts only)");
         for (start, end, of) in [(4, 4, 8), (0, 9, 8), (0, 2000, 2000)] {
             let bad = ExpertShard {

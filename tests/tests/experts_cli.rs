@@ -75,6 +75,29 @@ fn join(name: &str, args: &[&str], boot: Option<&str>) -> NodeProcess {
 }
 
 #[test]
+fn shards_a_model_cannot_have_are_refused_with_the_reason() {
+    let m = model();
+    let demo = baton_tests::demo_model();
+    let demo = demo.to_str().unwrap();
+    for (model, experts, want) in [
+        (m.as_str(), "0..20", "the model's layers have experts 0..16"),
+        (demo, "0..4", "has no mixture-of-experts layers"),
+    ] {
+        let args = [
+            "join",
+            "--model",
+            model,
+            "--experts",
+            experts,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ];
+        let (ok, _, err) = baton_tests::run_bin("baton-node", &args);
+        assert!(!ok && err.contains(want), "{experts} on {model}: {err}");
+    }
+}
+
+#[test]
 fn experts_split_over_three_nodes_generate_what_one_process_does_and_survive_a_kill() {
     let m = model();
     let (ok, reference, err) = baton(&generate_args(&["--model", &m, "--backend", "cpu"]));

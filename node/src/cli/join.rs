@@ -156,7 +156,7 @@ async fn serve(a: JoinArgs) -> anyhow::Result<()> {
     let r = &node.record;
     let speed = match r.experts {
         // A node holding a shard of the experts needs its peers for a step.
-        Some(s) if !s.is_all() => s.to_string(),
+        Some(s) if !s.runs_alone() => s.to_string(),
         _ => format!("{:.1} tokens/s", r.tokens_per_s),
     };
     println!(

@@ -296,12 +296,13 @@ impl<B: Backend> MoeMlp<B> {
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
+            let missing = || RunError::Backend("an expert's output is missing".into());
             if take_local {
                 li.next();
-                outs.push(mine.next().ok_or(RunError::Empty)?);
+                outs.push(mine.next().ok_or_else(missing)?);
             } else {
                 ai.next();
-                let y = theirs.next().ok_or(RunError::Empty)?;
+                let y = theirs.next().ok_or_else(missing)?;
                 outs.push(be.upload(&y, self.hidden)?);
             }
         }
