@@ -154,9 +154,11 @@ impl ExpertPeers {
         })
     }
 
-    /// Takes the peers of the model's current records.
+    /// Takes the peers of the model's current records, in peer id order: the DHT answers in
+    /// no particular order, and a layer's experts should keep going to the same peers.
     pub fn update(&self, records: &[NodeRecord]) {
-        let peers = ExpertPeer::from_records(records, &self.greeting.me);
+        let mut peers = ExpertPeer::from_records(records, &self.greeting.me);
+        peers.sort_by_key(|p| p.peer.to_bytes());
         if let Ok(mut p) = self.peers.lock() {
             *p = peers;
         }
