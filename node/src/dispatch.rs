@@ -318,17 +318,22 @@ impl ExpertPeers {
             .collect()
     }
 
-    /// The stream kept open to `peer`, opened if there is none.
+    /// The stream kept open to `peer`, opened if there is none. The table is not held while
+    /// connecting, so that a peer slow to answer delays no call to the others.
     async fn stream(&self, peer: &ExpertPeer) -> Result<Stream, NetError> {
-        let mut streams = self.streams.lock().await;
-        if let Some(s) = streams.get(&peer.peer) {
+        if let Some(s) = self.streams.lock().await.get(&peer.peer) {
             return Ok(s.clone());
         }
         let conn = net::connect(&self.endpoint, &self.key, peer.addr, peer.peer).await?;
         let pair = net::open_stream(&conn, &peer.peer, &self.greeting, CALL_WAIT).await?;
         let s = Arc::new(AsyncMutex::new(pair));
-        streams.insert(peer.peer, s.clone());
-        Ok(s)
+        Ok(self
+            .streams
+            .lock()
+            .await
+            .entry(peer.peer)
+            .or_insert(s)
+            .clone())
     }
 }
 

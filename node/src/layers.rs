@@ -76,7 +76,21 @@ pub struct Loader<'a, B: Backend> {
     pub block: usize,
 }
 
-impl<B: Backend> Loader<'_, B> {
+impl<'a, B: Backend> Loader<'a, B> {
+    pub fn new(
+        model: &'a ModelFile,
+        config: &'a ModelConfig,
+        backend: &'a B,
+        block: usize,
+    ) -> Self {
+        Loader {
+            model,
+            config,
+            backend,
+            block,
+        }
+    }
+
     fn name(&self, part: &str, kind: &str) -> String {
         format!("blk.{}.{part}.{kind}", self.block)
     }

@@ -298,6 +298,15 @@ impl Server {
             .min(self.options.max_sessions.saturating_mul(longest))
     }
 
+    /// Refuses a request for another model than the node serves.
+    fn check_model(&self, model_id: &str, session: u64) -> Result<(), ErrorMsg> {
+        if model_id == self.options.model_id {
+            return Ok(());
+        }
+        let msg = format!("this node serves {}", self.options.model_id);
+        Err(error(session, 0, ErrorCode::WrongModel, msg))
+    }
+
     fn session(&self, id: u64) -> Option<Arc<AsyncMutex<Session>>> {
         self.sessions
             .lock()

@@ -164,12 +164,7 @@ impl<B: Backend + 'static> DecoderSpan<B> {
         let total = span.len() as usize;
         let mut blocks: Vec<Box<dyn Block<B>>> = Vec::with_capacity(total);
         for (n, i) in (span.start..span.end).enumerate() {
-            let l = Loader {
-                model,
-                config: &c,
-                backend: &backend,
-                block: i as usize,
-            };
+            let l = Loader::new(model, &c, &backend, i as usize);
             let moe = match &c.moe {
                 Some(moe) if moe.is_moe(i as usize) => Some(MoeMlp::load(&l, moe)?),
                 _ => None,

@@ -277,16 +277,11 @@ pub fn from_hf(path: &Path, raw: &Json, model_type: &str) -> Result<ModelConfig,
 }
 
 pub fn hf_to_gguf(name: &str) -> Option<String> {
-    let experts = [
-        ("gate_proj", "ffn_gate"),
-        ("up_proj", "ffn_up"),
-        ("down_proj", "ffn_down"),
-    ];
     if let Some(rest) = name.strip_suffix(".mlp.gate.e_score_correction_bias") {
         let i: usize = rest.strip_prefix("model.layers.")?.parse().ok()?;
         return Some(format!("blk.{i}.exp_probs_b.bias"));
     }
-    hf::expert_name(name, "mlp.experts.", &experts).or_else(|| {
+    hf::expert_name(name, "mlp.experts.", hf::MLP_EXPERT_PARTS).or_else(|| {
         hf::map_names(
             name,
             &[
@@ -313,12 +308,7 @@ pub fn load_block<B: Backend + 'static>(
     i: usize,
     backend: &B,
 ) -> Result<Box<dyn Block<B>>, Error> {
-    let l = Loader {
-        model,
-        config: c,
-        backend,
-        block: i,
-    };
+    let l = Loader::new(model, c, backend, i);
     let attn = SelfAttention::Latent(MlaAttention::load(&l, mla)?);
     Ok(Box::new(PreNormBlock::load(&l, attn)?))
 }

@@ -198,12 +198,7 @@ pub fn load_block<B: Backend + 'static>(
     i: usize,
     backend: &B,
 ) -> Result<Box<dyn Block<B>>, Error> {
-    let l = Loader {
-        model,
-        config: c,
-        backend,
-        block: i,
-    };
+    let l = Loader::new(model, c, backend, i);
     let local = g.is_local(i);
     let rope = if local {
         Rope {

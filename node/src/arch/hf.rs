@@ -160,6 +160,13 @@ pub(crate) fn map_names(name: &str, parts: &[(&str, &str)]) -> Option<String> {
     Some(format!("blk.{idx}.{gguf}.{kind}"))
 }
 
+/// The parts of each expert of `mlp.experts.{e}` (Qwen3-MoE, DeepSeek), for [`expert_name`].
+pub(crate) const MLP_EXPERT_PARTS: &[(&str, &str)] = &[
+    ("gate_proj", "ffn_gate"),
+    ("up_proj", "ffn_up"),
+    ("down_proj", "ffn_down"),
+];
+
 /// `model.layers.{i}.{experts}{e}.{hf}.weight` → `blk.{i}.{gguf}.{e}.weight` for the experts'
 /// `parts`: one tensor per expert, as Hugging Face folders store them.
 pub(crate) fn expert_name(name: &str, experts: &str, parts: &[(&str, &str)]) -> Option<String> {

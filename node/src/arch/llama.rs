@@ -77,12 +77,7 @@ pub fn load_block<B: Backend + 'static>(
     i: usize,
     backend: &B,
 ) -> Result<Box<dyn Block<B>>, Error> {
-    let l = Loader {
-        model,
-        config: c,
-        backend,
-        block: i,
-    };
+    let l = Loader::new(model, c, backend, i);
     let options = AttentionOptions {
         bias: c.arch == Arch::Qwen2,
         qk_norm: matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe),

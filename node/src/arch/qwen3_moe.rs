@@ -92,12 +92,7 @@ pub fn from_hf(path: &Path, raw: &Json) -> Result<ModelConfig, LoadError> {
 }
 
 pub fn hf_to_gguf(name: &str) -> Option<String> {
-    let experts = [
-        ("gate_proj", "ffn_gate"),
-        ("up_proj", "ffn_up"),
-        ("down_proj", "ffn_down"),
-    ];
-    hf::expert_name(name, "mlp.experts.", &experts).or_else(|| {
+    hf::expert_name(name, "mlp.experts.", hf::MLP_EXPERT_PARTS).or_else(|| {
         hf::map_names(
             name,
             &[

@@ -15,12 +15,7 @@ impl Server {
         if self.draining.load(Ordering::SeqCst) {
             return Err(fail(ErrorCode::Busy, "the node is shutting down".into()));
         }
-        if o.model_id != self.options.model_id {
-            return Err(fail(
-                ErrorCode::WrongModel,
-                format!("this node serves {}", self.options.model_id),
-            ));
-        }
+        self.check_model(&o.model_id, o.session)?;
         let engine = self.engine();
         let span = engine.span();
         if engine.experts_only() {

@@ -44,12 +44,7 @@ impl Server {
 
     pub(super) async fn expert_call(&self, c: ExpertCall, send: &Send) -> Result<(), ErrorMsg> {
         let fail = |code, msg: String| error(0, 0, code, msg);
-        if c.model_id != self.options.model_id {
-            return Err(fail(
-                ErrorCode::WrongModel,
-                format!("this node serves {}", self.options.model_id),
-            ));
-        }
+        self.check_model(&c.model_id, 0)?;
         let engine = self.engine();
         let hidden = engine.hidden();
         let mut calls = Vec::with_capacity(c.experts.len());
